@@ -1,0 +1,4 @@
+from mlrpl.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
