@@ -83,3 +83,17 @@ def from_internal(labels: np.ndarray, encoding: str) -> np.ndarray:
 def convert(values: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Convert between two named encodings."""
     return from_internal(to_internal(values, src), dst)
+
+
+def infer_encoding(values: np.ndarray, path=None) -> str:
+    """Name the encoding of a matrix when only one reading is possible, else raise.
+
+    Only ``{+1, -1}`` is unambiguous (full labels, HCP). As soon as a 0 appears the matrix reads
+    differently in the two encodings (HCP: unknown; ASL: negative), so the user must say which.
+    """
+    present = set(np.unique(np.asarray(values)).tolist())
+    if present <= {1, -1}:
+        return "hcp"
+    raise DataError(f"the label encoding is ambiguous (values {sorted(present)}): 0 means "
+                    f"'unknown' in the 'hcp' encoding and 'negative' in the 'asl' encoding; "
+                    f"name it with --encoding hcp or --encoding asl", path=path)

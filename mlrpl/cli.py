@@ -1,0 +1,244 @@
+"""The ``mlrpl`` command line: thin verbs over the library.
+
+    mlrpl simulate | data inspect | data convert | metrics | ...
+
+Every verb reports bad input as one line ``mlrpl: error: ...`` naming the file, line or field, and
+exits with status 2 without writing anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mlrpl.errors import DataError, MlrplError
+
+
+# ---- shared argument groups ---------------------------------------------------------------------
+def _add_dataset_args(p: argparse.ArgumentParser, split_default: str | None = None):
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", required=True,
+                   help="reader: voc2007, voc2012, coco, yolo, vg200, nuswide, csv, npy")
+    g.add_argument("--root", required=True, help="dataset root (or the file, for csv/npy)")
+    g.add_argument("--split", default=split_default, help="split, e.g. trainval, train2017")
+    g.add_argument("--difficult", choices=["negative", "ignore"], default=None,
+                   help="VOC: a class present only as difficult (default negative, the HCP rule)")
+    g.add_argument("--encoding", choices=["hcp", "asl"], default=None,
+                   help="label encoding of a dense csv/npy file or of --labels")
+    g.add_argument("--classes", default=None, help="class-name file or YAML (csv/npy/yolo)")
+    g.add_argument("--reader-option", "-O", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra reader option (repeatable), e.g. -O drop_empty=true")
+
+
+def _parse_value(text: str):
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _read_from_args(args):
+    from mlrpl.data import read_dataset
+    opts = {}
+    for kv in args.reader_option:
+        if "=" not in kv:
+            raise DataError(f"reader option {kv!r} is not KEY=VALUE", field="--reader-option")
+        k, v = kv.split("=", 1)
+        opts[k.strip()] = _parse_value(v)
+    if args.difficult is not None:
+        opts["difficult"] = args.difficult
+    if args.encoding is not None and args.dataset in ("csv", "npy"):
+        opts["encoding"] = args.encoding
+    if args.classes is not None:
+        opts["classes"] = args.classes
+    return read_dataset(args.dataset, args.root, args.split, **opts)
+
+
+def _print_json(obj):
+    print(json.dumps(obj, indent=2, default=float))
+
+
+# ---- simulate -----------------------------------------------------------------------------------
+def cmd_simulate(args) -> int:
+    from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
+    ls = _read_from_args(args)
+    if args.import_file:
+        partial = load_partial(args.import_file, ls.labels, args.import_encoding)
+        record = provenance(partial, ls.labels, ls.classes, protocol="imported",
+                            source=ls.source, imported_from=str(args.import_file))
+    else:
+        if args.protocol in ("hcp", "rps") and args.known is None:
+            raise DataError(f"protocol {args.protocol!r} needs --known P (a proportion in (0, 1])",
+                            field="--known")
+        partial = simulate(ls.labels, args.protocol, p=args.known, seed=args.seed, n=args.n)
+        record = provenance(partial, ls.labels, ls.classes, args.protocol, p=args.known,
+                            seed=args.seed, n=args.n, source=ls.source)
+    out, prov = write_outputs(partial, record, args.out, args.format, overwrite=args.force)
+    print(f"wrote {out} ({partial.shape[0]} x {partial.shape[1]}, "
+          f"{record['known_entries']} of {partial.size} entries known, "
+          f"{record['known_positives']} known positives, "
+          f"{record['images_without_known_label']} images without a known label, "
+          f"{record['images_without_known_positive']} without a known positive) and {prov}")
+    return 0
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def _load_mask_for(ls, args):
+    if not getattr(args, "mask", None):
+        return ls.labels
+    from mlrpl.data.simulate import load_partial
+    return load_partial(args.mask, ls.labels, args.mask_encoding)
+
+
+def cmd_data_inspect(args) -> int:
+    from mlrpl.data.labelset import label_summary
+    ls = _read_from_args(args)
+    labels = _load_mask_for(ls, args)
+    s = label_summary(labels, ls.classes)
+    s["source"] = ls.source
+    s["label_hash"] = ls.label_hash()
+    if args.json:
+        _print_json(s)
+        return 0
+    print(f"{ls.source}: {s['num_images']} images x {s['num_classes']} classes"
+          + (f" (partial labels from {args.mask})" if args.mask else ""))
+    w = max(len(c) for c in ls.classes)
+    print(f"{'class':<{w}}  {'positive':>8}  {'negative':>8}  {'unknown':>8}")
+    for c, v in s["per_class"].items():
+        print(f"{c:<{w}}  {v['positive']:>8}  {v['negative']:>8}  {v['unknown']:>8}")
+    pos_per_image = (labels == 1).sum(1)
+    print(f"known entries: {s['known_entries']} of {s['total_entries']}")
+    print(f"positives per image: mean {pos_per_image.mean():.2f}, max {pos_per_image.max()}, "
+          f"histogram {{{', '.join(f'{int(k)}: {int(v)}' for k, v in zip(*np.unique(pos_per_image, return_counts=True)))}}}")
+    print(f"images without any positive: {s['images_without_known_positive']}")
+    print(f"images without any known label: {s['images_without_known_label']}")
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    ls = _read_from_args(args)
+    labels = _load_mask_for(ls, args)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise DataError("refusing to overwrite an existing file (pass --force)", path=out)
+    ls = ls.with_labels(labels)
+    if out.suffix == ".csv":
+        from mlrpl.data.encoding import from_internal
+        enc = args.to_encoding
+        values = from_internal(ls.labels, enc)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write("image," + ",".join(ls.classes) + "\n")
+            for item, row in zip(ls.items, values):
+                fh.write(item + "," + ",".join(str(int(v)) for v in row) + "\n")
+        tmp.replace(out)
+    else:
+        out = ls.save(out, encoding=args.to_encoding)
+    print(f"wrote {out} ({ls.num_items} x {ls.num_classes}, encoding {args.to_encoding})")
+    return 0
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+def _load_npy(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found", path=path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"not a readable .npy array ({e})", path=path) from None
+
+
+def cmd_metrics(args) -> int:
+    from mlrpl.data.encoding import infer_encoding, to_internal
+    from mlrpl.metrics import compute_metrics
+    scores = _load_npy(args.scores, "scores").astype(np.float64)
+    raw = _load_npy(args.labels, "labels")
+    enc = args.encoding or infer_encoding(raw, path=args.labels)
+    labels = to_internal(raw, enc, path=args.labels)
+    if scores.shape != labels.shape:
+        raise DataError(f"scores have shape {scores.shape} but labels have shape {labels.shape}",
+                        path=args.scores)
+    names = None
+    if args.classes:
+        names = [ln.strip() for ln in Path(args.classes).read_text().splitlines() if ln.strip()]
+    thr = args.threshold
+    if args.thresholds:
+        thr = _load_npy(args.thresholds, "thresholds").astype(np.float64)
+    m = compute_metrics(scores, labels, threshold=thr, class_names=names)
+    if args.json:
+        print(json.dumps({k: (None if v != v else round(float(v), 6)) for k, v in m.items()}))
+    else:
+        for k, v in m.items():
+            print(f"{k:>10}  {v:7.2f}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlrpl", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", metavar="VERB")
+    sub.required = True
+
+    s = sub.add_parser("simulate", help="simulate partial labels (a mask + its provenance)")
+    _add_dataset_args(s, "trainval")
+    s.add_argument("--protocol", default="hcp", choices=["hcp", "rps", "fpc", "single-positive"])
+    s.add_argument("--known", type=float, default=None, help="known proportion p in (0, 1]")
+    s.add_argument("--n", type=int, default=None, help="fpc: positives and negatives per class")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["npy", "hcp"], default="npy",
+                   help="npy: int8 matrix (+1/-1/0); hcp: comma-separated rows of 1,-1,0")
+    s.add_argument("--out", required=True, help="mask file; provenance goes to <stem>.provenance.json")
+    s.add_argument("--import", dest="import_file", default=None, metavar="FILE",
+                   help="import a published mask (txt rows or .npy) instead of simulating")
+    s.add_argument("--import-encoding", default="hcp", choices=["hcp", "asl"])
+    s.add_argument("--force", action="store_true", help="overwrite existing output files")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("data", help="inspect or convert a dataset's labels")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    di = dsub.add_parser("inspect", help="per-class positive/negative/unknown counts")
+    _add_dataset_args(di)
+    di.add_argument("--mask", default=None, help="partial labels written by `mlrpl simulate`")
+    di.add_argument("--mask-encoding", default="hcp", choices=["hcp", "asl"])
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(func=cmd_data_inspect)
+    dc = dsub.add_parser("convert", help="write the canonical form (.npz) or a dense .csv")
+    _add_dataset_args(dc)
+    dc.add_argument("--mask", default=None, help="partial labels written by `mlrpl simulate`")
+    dc.add_argument("--mask-encoding", default="hcp", choices=["hcp", "asl"])
+    dc.add_argument("--to-encoding", default="hcp", choices=["hcp", "asl"])
+    dc.add_argument("--out", required=True, help="output .npz (canonical) or .csv (dense)")
+    dc.add_argument("--force", action="store_true")
+    dc.set_defaults(func=cmd_data_convert)
+
+    m = sub.add_parser("metrics", help="score saved predictions (logits) against labels")
+    m.add_argument("--scores", required=True, help=".npy (N, C) logits")
+    m.add_argument("--labels", required=True, help=".npy (N, C) labels")
+    m.add_argument("--encoding", choices=["hcp", "asl"], default=None,
+                   help="labels' encoding; required when the file is ambiguous")
+    m.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    m.add_argument("--thresholds", default=None, help=".npy (C,) per-class probability thresholds")
+    m.add_argument("--classes", default=None, help="class names, one per line (for warnings)")
+    m.add_argument("--json", action="store_true", help="print one JSON object (percentages)")
+    m.set_defaults(func=cmd_metrics)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MlrplError as e:
+        print(f"mlrpl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
