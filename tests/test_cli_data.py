@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from mlrpl.cli import main
 from tests.conftest import REPO
@@ -82,3 +81,31 @@ def test_data_inspect_and_convert(tmp_path, capsys):
 def test_data_inspect_missing_root(tmp_path, capsys):
     assert main(["data", "inspect", "--dataset", "voc2007", "--root", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_metrics_verb(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((40, 4)) < 0.4, 1, -1).astype(np.int8)
+    scores = rng.normal(size=(40, 4)) + 2 * labels
+    np.save(tmp_path / "s.npy", scores)
+    np.save(tmp_path / "l.npy", labels)
+    assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
+                 str(tmp_path / "l.npy"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["mAP", "ap_voc", "ap_rank", "ap_sklearn", "CP", "CR", "CF1", "OP", "OR",
+                         "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3"]
+    from sklearn.metrics import average_precision_score
+    ref = np.mean([average_precision_score(labels[:, c] == 1, scores[:, c]) for c in range(4)])
+    assert abs(out["ap_sklearn"] - 100 * ref) < 1e-4
+    # the same labels in the ASL encoding, which is ambiguous and must be named
+    np.save(tmp_path / "asl.npy", np.where(labels == 1, 1, 0))
+    assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
+                 str(tmp_path / "asl.npy"), "--json"]) == 2
+    assert "ambiguous" in capsys.readouterr().err
+    assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
+                 str(tmp_path / "asl.npy"), "--encoding", "asl", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == out
+    np.save(tmp_path / "bad.npy", scores[:, :3])
+    assert main(["metrics", "--scores", str(tmp_path / "bad.npy"), "--labels",
+                 str(tmp_path / "l.npy")]) == 2
+    assert "shape" in capsys.readouterr().err
