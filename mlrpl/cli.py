@@ -178,6 +178,73 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+# ---- train / eval / cache ---------------------------------------------------------------------------
+def _config_from_args(args):
+    from mlrpl.config import load_config
+    base = None
+    if getattr(args, "resume", False) and args.run_dir:
+        saved = Path(args.run_dir) / "config.yaml"
+        if not saved.is_file():
+            raise MlrplError(f"{saved}: no saved config to resume from")
+        import yaml
+        base = yaml.safe_load(saved.read_text())
+        base.setdefault("train", {})["stop_after_epochs"] = None  # a new invocation, a new budget
+        base.setdefault("run", {})["overwrite"] = False
+    overrides = list(args.overrides)
+    if getattr(args, "run_dir", None):
+        overrides.append(f"run.dir={args.run_dir}")
+    return load_config(args.config, overrides, base=base)
+
+
+def cmd_train(args) -> int:
+    from mlrpl.config import to_yaml
+    cfg = _config_from_args(args)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from mlrpl.engine import dist
+    from mlrpl.engine.trainer import Trainer
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+        result = trainer.fit()
+        main_process = dist.is_main()
+    finally:
+        dist.cleanup()
+    if main_process and result.get("last"):
+        last, best = result["last"], result["best"]
+        print(f"done: {result['run_dir']}  last epoch mAP {last['mAP']:.2f}  "
+              f"best epoch {result['best_epoch'] + 1} mAP {best['mAP']:.2f}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from mlrpl.engine.evaluate import evaluate_checkpoint
+    result = evaluate_checkpoint(args.checkpoint, overrides=args.overrides, split=args.split,
+                                 save_scores=args.save_scores, threshold=args.threshold,
+                                 thresholds_file=args.thresholds)
+    if args.json:
+        print(json.dumps(result["metrics"]))
+    else:
+        print(f"{result['dataset']} ({result['num_images']} images)")
+        for k, v in result["metrics"].items():
+            print(f"{k:>12}  {v:8.2f}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from mlrpl.engine.evaluate import build_cache
+    cfg = _config_from_args(args)
+    for line in build_cache(cfg):
+        print(line)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mlrpl.demo import run_demo
+    return run_demo(data_root=args.data_root, out=args.out, overwrite=args.overwrite,
+                    epochs=args.epochs)
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlrpl", description=__doc__.split("\n")[0])
@@ -227,6 +294,39 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--classes", default=None, help="class names, one per line (for warnings)")
     m.add_argument("--json", action="store_true", help="print one JSON object (percentages)")
     m.set_defaults(func=cmd_metrics)
+
+    t = sub.add_parser("train", help="train a model (torchrun --nproc_per_node=N -m mlrpl train ...)")
+    t.add_argument("--config", default=None, help="YAML config (defaults: the built-in schema)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    t.add_argument("--run-dir", default=None, help="shorthand for run.dir=...")
+    t.add_argument("--resume", action="store_true", help="continue the run in run.dir from last.pt")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data overrides, e.g. data.val_split=test")
+    e.add_argument("--split", default=None, help="evaluate this split of the dataset instead")
+    e.add_argument("--threshold", type=float, default=None, help="probability threshold")
+    e.add_argument("--thresholds", default=None,
+                   help="per-class thresholds: a .npy (C,) or a JSON {class: threshold}")
+    e.add_argument("--save-scores", default=None, help="write the logits to this .npy")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("cache", help="compute and store the frozen backbone's feature maps")
+    c.add_argument("--config", default=None)
+    c.add_argument("overrides", nargs="*", metavar="key=value")
+    c.set_defaults(func=cmd_cache, run_dir=None, resume=False)
+
+    dm = sub.add_parser("demo", help="the demo: pbce on COCO128 with 30%% vs 100%% known labels")
+    dm.add_argument("--data-root", default=None,
+                    help="folder holding coco128/ (default: $MLRPL_DATA)")
+    dm.add_argument("--out", default="runs/demo", help="where the runs and the plot go")
+    dm.add_argument("--epochs", type=int, default=None)
+    dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's runs")
+    dm.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,0 +1,213 @@
+"""Experiment configuration: typed defaults, a YAML file, dotted overrides (OmegaConf).
+
+    cfg = load_config("configs/coco128_pbce_cpu.yaml", ["method.name=pbce", "train.epochs=5"])
+
+The schema below is the whole set of keys; an unknown key is an error that names it and
+suggests the closest existing one. A method's own keys live under ``method`` and are declared by
+the method's ``Config`` dataclass (see :mod:`mlrpl.methods`), so they are checked too.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mlrpl.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "yolo"            # reader name (mlrpl.data.readers.READERS)
+    root: str = "${oc.env:MLRPL_DATA,data}/coco128"
+    train_split: Optional[str] = "train2017"
+    val_split: Optional[str] = "val2017"   # null: hold out `holdout` of the train split
+    holdout: float = 0.2             # used when val_split is null
+    split_seed: int = 0              # seed of that holdout split (fixed across experiment seeds)
+    reader_options: dict = field(default_factory=dict)
+    known_proportion: float = 1.0    # p of the partial-label protocol
+    protocol: str = "hcp"            # hcp | rps | fpc | single-positive | full
+    fpc_n: Optional[int] = None
+    mask_seed: Optional[int] = None  # null: `seed`
+    mask_file: Optional[str] = None  # a published / saved mask instead of simulating
+    image_size: int = 448
+    embeddings: Optional[str] = None  # .npy with .names.txt beside it; null: search, then encoder
+    on_bad_image: str = "error"      # error | skip
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    pretrained: Any = True           # true | false | path to a weight file
+    freeze: str = "all"              # none | hcp | all
+    cache_features: bool = True      # only with freeze=all: compute feature maps once
+    cache_dir: str = "${oc.env:MLRPL_CACHE,.cache/mlrpl}"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"               # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9            # sgd
+    backbone_lr_mult: float = 1.0
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class SchedConfig:
+    name: str = "step"               # none | step | cosine | onecycle
+    step_size: int = 10
+    gamma: float = 0.1
+    pct_start: float = 0.2           # onecycle
+    min_lr: float = 0.0              # cosine
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    amp: Optional[str] = None        # null | bf16 | fp16
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None
+    progress: str = "auto"           # auto (only on a terminal) | always | never
+    tensorboard: bool = True
+    stop_after_epochs: Optional[int] = None  # end this invocation early (resume continues)
+    deterministic: bool = False      # torch.use_deterministic_algorithms
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/${method.name}_p${data.known_proportion}_s${seed}"
+    overwrite: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = field(default_factory=lambda: {"name": "pbce"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_CHOICES = {
+    "data.protocol": ("hcp", "rps", "fpc", "single-positive", "full"),
+    "data.on_bad_image": ("error", "skip"),
+    "model.freeze": ("none", "hcp", "all"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "sched.name": ("none", "step", "cosine", "onecycle"),
+    "train.amp": (None, "bf16", "fp16"),
+    "train.progress": ("auto", "always", "never"),
+}
+
+
+def _all_keys(node, prefix="") -> list[str]:
+    out = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        out.append(full)
+        if isinstance(v, DictConfig):
+            out += _all_keys(v, full + ".")
+    return out
+
+
+def _suggest(key: str, schema) -> str:
+    keys = _all_keys(schema)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # also try the last component alone
+        last = {k.rsplit(".", 1)[-1]: k for k in keys}
+        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1, cutoff=0.6)
+        close = [last[hit[0]]] if hit else []
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _method_schema(name: str):
+    from mlrpl.methods import get_method_class
+    return OmegaConf.structured(get_method_class(name).Config)
+
+
+def _merge(schema, *parts, origin=""):
+    try:
+        return OmegaConf.merge(schema, *parts)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown config key '{e.full_key}'{origin}{_suggest(e.full_key, schema)}") from None
+    except ValidationError as e:
+        raise ConfigError(f"bad value for '{e.full_key}'{origin}: {e.msg}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"configuration error{origin}: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                base: dict | None = None) -> DictConfig:
+    """Defaults ← `base` (a saved config) ← YAML file ← dotted overrides, all checked."""
+    parts = []
+    if base is not None:
+        parts.append(OmegaConf.create(base))
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            parts.append(OmegaConf.load(p))
+        except Exception as e:  # yaml errors of all kinds
+            raise ConfigError(f"{p}: not a valid YAML config ({e})") from None
+    try:
+        parts.append(OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:
+        raise ConfigError(f"bad override in {list(overrides)}: {e}; expected key=value") from None
+    schema = OmegaConf.structured(ExperimentConfig)
+    # The method's schema depends on the chosen method: find the name first.
+    name = "pbce"
+    for part in parts:
+        n = OmegaConf.select(part, "method.name", default=None)
+        if n is not None:
+            name = n
+    method_schema = _method_schema(name)
+    schema.method = method_schema
+    methods = [OmegaConf.create({"method": OmegaConf.to_container(p.method)})
+               if "method" in p else OmegaConf.create({}) for p in parts]
+    rest = [OmegaConf.create({k: v for k, v in OmegaConf.to_container(p).items() if k != "method"})
+            for p in parts]
+    cfg = _merge(schema, *rest)
+    try:
+        cfg.method = OmegaConf.merge(method_schema, *[m.method for m in methods if "method" in m])
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown config key 'method.{e.full_key}' for method {name!r}"
+                          f"{_suggest('method.' + e.full_key, OmegaConf.create({'method': method_schema}))}") from None
+    except ValidationError as e:
+        raise ConfigError(f"bad value for 'method.{e.full_key}': {e.msg}") from None
+    for key, allowed in _CHOICES.items():
+        v = OmegaConf.select(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"bad value for '{key}': {v!r}; expected one of {list(allowed)}")
+    if not 0.0 < cfg.data.known_proportion <= 1.0:
+        raise ConfigError(f"bad value for 'data.known_proportion': {cfg.data.known_proportion}; "
+                          f"expected a proportion in (0, 1]")
+    return cfg
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """Plain, fully resolved dict (what goes into config.yaml and checkpoints)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the configuration: {e}") from None
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg))

@@ -1,0 +1,1 @@
+"""Training engine: the loop, distributed helpers, checkpoints, run directories."""

@@ -1,0 +1,149 @@
+"""Prediction and evaluation: shared by the trainer and by ``mlrpl eval`` / ``predict``."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+
+from mlrpl.engine import dist
+from mlrpl.errors import MlrplError
+from mlrpl.metrics import compute_metrics
+from mlrpl.progress import progress
+
+
+def gather_unique(index: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """Scores in dataset order from (index, scores) pairs gathered from every process.
+
+    A DistributedSampler pads the last shard with repeats of the first items; each index is kept
+    once. A missing index is an error: evaluation never drops a test image."""
+    out = np.zeros((n, scores.shape[1]), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    _, first = np.unique(index, return_index=True)
+    out[index[first]] = scores[first]
+    seen[index[first]] = True
+    if not seen.all():
+        raise MlrplError(f"evaluation saw {int(seen.sum())} of {n} items; missing "
+                         f"{np.flatnonzero(~seen)[:5].tolist()}")
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model, dataset, batch_size: int, device, amp=None, num_workers: int = 0,
+                   show_progress=None) -> np.ndarray:
+    """fp32 logits (N, C) for every item of `dataset`, each counted once, on every process."""
+    model.eval()
+    if dist.is_dist():
+        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+    else:
+        sampler = SequentialSampler(dataset)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    idx, out = [], []
+    dev_type = torch.device(device).type
+    for batch in progress(loader, desc="evaluating", enable=show_progress):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.autocast(device_type=dev_type, dtype=amp, enabled=amp is not None):
+            logits = model(batch)["logits"]
+        idx.append(batch["index"].long())
+        out.append(logits.float())
+    index = torch.cat(idx)
+    logits = torch.cat(out)
+    index, logits = dist.all_gather_varlen(index), dist.all_gather_varlen(logits)
+    return gather_unique(index.cpu().numpy(), logits.cpu().numpy(), len(dataset))
+
+
+def score(scores: np.ndarray, labels: np.ndarray, threshold, classes) -> dict:
+    """Every metric (percentages) plus the number of images evaluated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = compute_metrics(scores, labels, threshold=threshold, class_names=classes)
+    metrics["eval_images"] = int(scores.shape[0])
+    return metrics
+
+
+def load_thresholds(path, classes: list[str]) -> np.ndarray:
+    """Per-class probability thresholds from a ``.npy`` (C,) or a JSON ``{class: threshold}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlrplError(f"{path}: thresholds file not found")
+    if path.suffix == ".json":
+        table = json.loads(path.read_text())
+        table = table.get("thresholds", table)
+        missing = [c for c in classes if c not in table]
+        if missing:
+            raise MlrplError(f"{path}: no threshold for classes {missing[:5]}")
+        return np.array([float(table[c]) for c in classes])
+    arr = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+    if arr.shape[0] != len(classes):
+        raise MlrplError(f"{path}: {arr.shape[0]} thresholds for {len(classes)} classes")
+    return arr
+
+
+def model_from_checkpoint(ckpt: dict, cfg, device):
+    """Rebuild backbone + method from a checkpoint's config and load its weights."""
+    from mlrpl.engine.experiment import MLRModel, build_backbone, build_method
+    from mlrpl.engine.trainer import load_model_state
+    backbone = build_backbone(cfg)
+    method = build_method(cfg, ckpt["classes"], backbone.out_channels, None, with_data=False)
+    model = MLRModel(backbone, method)
+    load_model_state(model, ckpt)
+    return model.to(device).eval()
+
+
+def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, threshold=None,
+                        thresholds_file=None) -> dict:
+    """Metrics of a checkpoint on its evaluation split (or `split`), on one process."""
+    from mlrpl.config import load_config
+    from mlrpl.data import read_dataset
+    from mlrpl.engine.checkpoint import load_checkpoint
+    from mlrpl.engine.experiment import data_root, load_splits, make_dataset
+    from mlrpl.engine.trainer import amp_dtype, select_device
+    ckpt = load_checkpoint(path)
+    cfg = load_config(None, list(overrides), base=ckpt["config"])
+    device = select_device(cfg.train.device)
+    if split is not None:
+        ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
+                          **dict(cfg.data.reader_options or {}))
+    else:
+        _, ls = load_splits(cfg)
+    if ls.classes != ckpt["classes"]:
+        raise MlrplError(f"the dataset's classes differ from the checkpoint's "
+                         f"({len(ls.classes)} vs {len(ckpt['classes'])})")
+    model = model_from_checkpoint(ckpt, cfg, device)
+    ds, kept = make_dataset(cfg, ls, None, model.backbone, device, train=False)
+    if kept is not None:
+        ls = ls.subset(kept)
+    scores = predict_logits(model, ds, cfg.train.eval_batch_size, device,
+                            amp_dtype(cfg.train.amp), cfg.data.num_workers)
+    thr = cfg.eval.threshold if threshold is None else threshold
+    if thresholds_file is not None:
+        thr = load_thresholds(thresholds_file, ls.classes)
+    metrics = score(scores, ls.labels, thr, ls.classes)
+    if save_scores:
+        np.save(save_scores, scores)
+    return {"metrics": metrics, "dataset": ls.source, "num_images": len(ls), "scores": scores}
+
+
+def build_cache(cfg) -> list[str]:
+    """Compute the feature cache of the train and evaluation splits of `cfg`."""
+    from mlrpl.data.cache import cached_features
+    from mlrpl.engine.experiment import build_backbone, load_splits
+    from mlrpl.engine.trainer import amp_dtype, select_device
+    if cfg.model.freeze != "all":
+        raise MlrplError("the feature cache needs a frozen backbone (model.freeze=all)")
+    device = select_device(cfg.train.device)
+    backbone = build_backbone(cfg).to(device)
+    lines = []
+    for name, ls in zip(("train", "eval"), load_splits(cfg)):
+        feats, valid, entry = cached_features(
+            [str(p) for p in ls.paths()], backbone,
+            backbone.transform(False, cfg.data.image_size), cfg.model.cache_dir,
+            backbone_name=cfg.model.backbone, batch_size=cfg.train.eval_batch_size, device=device,
+            num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image,
+            amp_dtype=amp_dtype(cfg.train.amp))
+        lines.append(f"{name}: {feats.shape[0]} items, maps {tuple(feats.shape[1:])} fp16, "
+                     f"{int((~valid).sum())} unreadable -> {entry}")
+    return lines

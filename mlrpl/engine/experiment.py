@@ -1,0 +1,167 @@
+"""From a resolved config to data, partial labels and a model: everything the trainer needs.
+
+Kept apart from the loop so that ``mlrpl eval``, ``predict`` and ``cache`` build exactly the same
+pieces as ``train``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlrpl.data import LabelSet, read_dataset
+from mlrpl.data.labelset import label_hash
+from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
+from mlrpl.engine import dist
+from mlrpl.errors import ConfigError, DataError
+from mlrpl.methods import get_method_class
+from mlrpl.methods.base import TrainingContext
+
+
+class MLRModel(nn.Module):
+    """Backbone + method. With cached features the backbone is present but not run."""
+
+    def __init__(self, backbone: nn.Module, method: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+
+    def features(self, batch: dict) -> torch.Tensor:
+        if "features" in batch:
+            return batch["features"]
+        return self.backbone(batch["image"])
+
+    def forward(self, batch: dict) -> dict:
+        return self.method(self.features(batch), batch)
+
+
+# ---- data -------------------------------------------------------------------------------------
+def data_root(root: str) -> str:
+    return os.path.expanduser(str(root))
+
+
+def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
+    """Train and evaluation LabelSets (full labels). With ``data.val_split: null`` a seeded
+    holdout (``data.holdout`` of the train split, drawn with ``data.split_seed``) is used."""
+    d = cfg.data
+    opts = dict(d.reader_options or {})
+    train = read_dataset(d.dataset, data_root(d.root), d.train_split, **opts)
+    if d.val_split is not None:
+        val = read_dataset(d.dataset, data_root(d.root), d.val_split, **opts)
+        if val.classes != train.classes:
+            raise DataError(f"the classes of split {d.val_split!r} differ from those of "
+                            f"{d.train_split!r}", path=d.root)
+        return train, val
+    if not 0.0 < d.holdout < 1.0:
+        raise ConfigError(f"bad value for 'data.holdout': {d.holdout}; expected a fraction in (0, 1)")
+    perm = np.random.default_rng(d.split_seed).permutation(len(train))
+    n_val = max(1, int(round(d.holdout * len(train))))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return train.subset(train_idx), train.subset(val_idx)
+
+
+def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray, dict]:
+    """The partial training labels: from ``data.mask_file``, from the run directory (resume),
+    or simulated once (main process) and written to ``run_dir/mask.npy`` with provenance."""
+    d = cfg.data
+    saved = run_dir / "mask.npy" if run_dir is not None else None
+    if saved is not None and saved.is_file():
+        partial = load_partial(saved, train.labels)
+        record = json.loads((run_dir / "mask.provenance.json").read_text())
+        return partial, record
+    if d.mask_file:
+        partial = load_partial(d.mask_file, train.labels)
+        record = provenance(partial, train.labels, train.classes, "imported", source=train.source,
+                            imported_from=str(d.mask_file))
+    elif d.protocol == "full" or (d.protocol in ("hcp", "rps") and d.known_proportion >= 1.0):
+        partial = train.labels.copy()
+        record = provenance(partial, train.labels, train.classes, d.protocol, p=1.0,
+                            source=train.source)
+    else:
+        seed = cfg.seed if d.mask_seed is None else d.mask_seed
+        partial = simulate(train.labels, d.protocol, p=d.known_proportion, seed=seed, n=d.fpc_n)
+        record = provenance(partial, train.labels, train.classes, d.protocol, p=d.known_proportion,
+                            seed=seed, n=d.fpc_n, source=train.source)
+    if run_dir is not None and dist.is_main():
+        write_outputs(partial, record, run_dir / "mask.npy", "npy", overwrite=True)
+    return partial, record
+
+
+# ---- model ------------------------------------------------------------------------------------
+def build_backbone(cfg):
+    from mlrpl.models.backbones import apply_freeze, create_backbone
+    bb = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained)
+    apply_freeze(bb, cfg.model.freeze)
+    return bb
+
+
+def find_embeddings(cfg, classes: list[str]) -> tuple[np.ndarray, str]:
+    from mlrpl.data.embeddings import label_embeddings
+    dirs = [Path(data_root(cfg.data.root)).parent / "label-embeddings"]
+    if os.environ.get("MLRPL_DATA"):
+        dirs.append(Path(os.environ["MLRPL_DATA"]) / "label-embeddings")
+    return label_embeddings(classes, cfg.data.embeddings, search_dirs=dirs)
+
+
+def build_method(cfg, classes, feature_channels, partial=None, with_data=True):
+    cls = get_method_class(cfg.method.name)
+    emb = None
+    if with_data and getattr(cls, "needs_embeddings", False):
+        emb, _ = find_embeddings(cfg, classes)
+    ctx = TrainingContext(num_classes=len(classes), feature_channels=feature_channels,
+                          class_names=list(classes), partial_labels=partial, embeddings=emb)
+    return cls(cfg.method, ctx)
+
+
+def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
+                 show_progress=None):
+    """The dataset of one split: cached feature maps when the backbone is frozen and caching is
+    on, images through the backbone's transforms otherwise. Returns (dataset, kept) where `kept`
+    lists the items left after skipping unreadable images (None when none was skipped)."""
+    from mlrpl.data.dataset import FeatureDataset, ImageDataset
+    size = cfg.data.image_size
+    if not (cfg.model.freeze == "all" and cfg.model.cache_features):
+        tf = backbone.transform(train, size)
+        return ImageDataset(ls, tf, partial, cfg.data.on_bad_image), None
+    from mlrpl.data.cache import cached_features
+    from mlrpl.engine.trainer import amp_dtype
+    paths = [str(p) for p in ls.paths()]
+    kw = dict(backbone_name=cfg.model.backbone, batch_size=cfg.train.eval_batch_size,
+              device=device, num_workers=cfg.data.num_workers,
+              on_bad_image=cfg.data.on_bad_image, amp_dtype=amp_dtype(cfg.train.amp),
+              show_progress=show_progress)
+    tf = backbone.transform(False, size)
+    # One process computes the entry; the others read it once it is complete.
+    if dist.is_main():
+        feats, valid, _ = cached_features(paths, backbone, tf, cfg.model.cache_dir, **kw)
+    dist.barrier()
+    if not dist.is_main():
+        feats, valid, _ = cached_features(paths, backbone, tf, cfg.model.cache_dir, **kw)
+    if valid.all():
+        return FeatureDataset(feats, ls.labels, partial), None
+    kept = np.flatnonzero(valid)
+    import logging
+    logging.getLogger("mlrpl").warning(
+        f"skipped {len(paths) - len(kept)} unreadable image(s) (data.on_bad_image=skip): "
+        f"{[p for p, v in zip(paths, valid) if not v][:5]}")
+    return FeatureDataset(feats[kept], ls.labels[kept],
+                          None if partial is None else partial[kept]), kept
+
+
+@dataclass
+class Experiment:
+    cfg: object
+    train: LabelSet
+    val: LabelSet
+    partial: np.ndarray
+    mask_record: dict
+    model: MLRModel
+
+    @property
+    def mask_hash(self) -> str:
+        return label_hash(self.partial, self.train.classes)
