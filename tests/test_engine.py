@@ -144,3 +144,41 @@ def test_eval_verb(shapes, cache_dir, tmp_path, capsys):
     assert m["mAP"] == pytest.approx(float(rows(run)[-1]["mAP"]), abs=1e-3)
     assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [
+    ["optim.name=sgd", "sched.name=onecycle", "optim.grad_clip=1.0"],
+    ["optim.name=adamw", "sched.name=cosine", "train.amp=bf16"],
+    ["model.freeze=hcp", "model.cache_features=false", "optim.backbone_lr_mult=0.1",
+     "train.batch_size=4"],
+])
+def test_optimisers_schedules_precision_and_image_path(shapes, cache_dir, tmp_path, extra):
+    run = tmp_path / "r"
+    t = Trainer(load_config(None, tiny(shapes, cache_dir, run, "train.epochs=1", *extra)))
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    result = t.fit()
+    assert np.isfinite(result["last"]["mAP"])
+    after = t.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("method.") for k in changed)
+    if "model.freeze=hcp" in extra:
+        # only the last stage of the backbone trains; frozen stages keep weights and BN statistics
+        assert any(k.startswith("backbone._blocks.15") for k in changed)
+        assert not any(k.startswith("backbone._blocks.0.") or k.startswith("backbone._conv_stem")
+                       for k in changed)
+        ck = torch.load(run / "last.pt", weights_only=True)
+        assert any(k.startswith("backbone.") for k in ck["model"])  # a trained backbone is saved
+        groups = {g["name"]: g["lr"] for g in t.optimizer.param_groups}
+        assert groups["backbone"] == pytest.approx(0.1 * groups["method"])
+
+
+def test_demo_falls_back_to_generated_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLRPL_DATA", raising=False)
+    monkeypatch.setenv("MLRPL_CACHE", str(tmp_path / "cache"))
+    from mlrpl.demo import run_demo
+    assert run_demo(data_root=str(tmp_path / "nothing"), out=str(tmp_path / "demo"), epochs=2) == 0
+    out = capsys.readouterr().out
+    assert "COCO128 was not found" in out and "generated shapes" in out
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    for name in ("p0.3", "p1.0", "p0.3_random_backbone"):
+        assert (tmp_path / "demo" / name / "best.pt").is_file()
