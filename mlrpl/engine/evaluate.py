@@ -87,7 +87,10 @@ def model_from_checkpoint(ckpt: dict, cfg, device):
     from mlrpl.engine.experiment import MLRModel, build_backbone, build_method
     from mlrpl.engine.trainer import load_model_state
     backbone = build_backbone(cfg)
-    method = build_method(cfg, ckpt["classes"], backbone.out_channels, None, with_data=False)
+    shapes = {k[len("method."):]: tuple(v.shape) for k, v in ckpt["model"].items()
+              if k.startswith("method.")}
+    method = build_method(cfg, ckpt["classes"], backbone.out_channels, None, with_data=False,
+                          state_shapes=shapes)
     model = MLRModel(backbone, method)
     load_model_state(model, ckpt)
     return model.to(device).eval()

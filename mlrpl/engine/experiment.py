@@ -108,13 +108,15 @@ def find_embeddings(cfg, classes: list[str]) -> tuple[np.ndarray, str]:
     return label_embeddings(classes, cfg.data.embeddings, search_dirs=dirs)
 
 
-def build_method(cfg, classes, feature_channels, partial=None, with_data=True):
+def build_method(cfg, classes, feature_channels, partial=None, with_data=True,
+                 state_shapes=None):
     cls = get_method_class(cfg.method.name)
     emb = None
     if with_data and getattr(cls, "needs_embeddings", False):
         emb, _ = find_embeddings(cfg, classes)
     ctx = TrainingContext(num_classes=len(classes), feature_channels=feature_channels,
-                          class_names=list(classes), partial_labels=partial, embeddings=emb)
+                          class_names=list(classes), partial_labels=partial, embeddings=emb,
+                          state_shapes=state_shapes)
     return cls(cfg.method, ctx)
 
 

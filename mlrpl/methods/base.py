@@ -25,7 +25,17 @@ class TrainingContext:
     class_names: list[str]
     partial_labels: np.ndarray | None = None  # (N_train, C) int8, internal encoding
     embeddings: np.ndarray | None = None       # (C, D) label embeddings, when the method asks
+    # Shapes of the method's saved tensors when it is rebuilt from a checkpoint (no data then):
+    # lets a method size what depends on the data (e.g. the embedding width).
+    state_shapes: dict | None = None
     extra: dict = field(default_factory=dict)
+
+    def embedding_dim(self, key: str) -> int:
+        if self.embeddings is not None:
+            return int(self.embeddings.shape[1])
+        if self.state_shapes and key in self.state_shapes:
+            return int(self.state_shapes[key][-1])
+        raise ValueError("label embeddings are needed to build this method")
 
 
 class Method(nn.Module):

@@ -1,0 +1,147 @@
+"""The SARL trunk (SPEC §2): semantic decoupling + gated graph network + per-class classifier.
+
+Shared by ``ssgrl``, ``sst``, ``hst`` and the methods built on them. From a backbone feature map it
+computes one feature per class (attention guided by the class's word vector), propagates the
+class features over the label co-occurrence graph, and scores each class with its own classifier.
+
+Shapes (B images, C classes, D = ``dim``, HW positions):
+
+===================  ====================================================================
+``maps``             (B, C_f, H, W) backbone feature map
+``f``                (B, HW, D) after the optional 2x2 pooling and the 1x1 reduction
+``attention``        (B, C, HW) softmax over positions, one map per class
+``semantic``         (B, C, D) F_c = sum_h a_{c,h} f_h (the features the transfer methods use)
+``nodes``            (B, C, D) h^T after T steps of the gated graph network
+``logits``           (B, C) s_c = <w_c, tanh(W_o [h_c ; F_c] + b_o)> + b_c
+===================  ====================================================================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SARLConfig:
+    pool: bool = True                 # 2x2 average pooling, stride 2 (14x14 -> 7x7 at 448 px)
+    dim: int = 1024                   # D: node / semantic feature size (1x1 reduction target)
+    reduce: bool = True               # 1x1 conv C_f -> D + BatchNorm (False: D = C_f)
+    attention_dim: int = 512          # the semantic-decoupling intermediate size
+    ggnn_steps: int = 3               # T
+
+
+class SemanticDecoupling(nn.Module):
+    """Class-specific attention guided by word vectors (SSGRL's semantic decoupling)."""
+
+    def __init__(self, dim: int, embed_dim: int, attention_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, attention_dim, bias=False)
+        self.w2 = nn.Linear(embed_dim, attention_dim, bias=False)
+        self.w3 = nn.Linear(attention_dim, attention_dim)
+        self.wa = nn.Linear(attention_dim, 1)
+
+    def forward(self, f: torch.Tensor, words: torch.Tensor):
+        """f (B, HW, D), words (C, E) -> semantic (B, C, D), attention (B, C, HW)."""
+        a = self.w1(f)                                   # (B, HW, A)
+        b = self.w2(words)                               # (C, A)
+        u = self.w3(torch.tanh(a[:, None, :, :] * b[None, :, None, :]))   # (B, C, HW, A)
+        e = self.wa(u).squeeze(-1)                       # (B, C, HW)
+        att = torch.softmax(e, dim=-1)
+        return att @ f, att                              # (B, C, D)
+
+
+class GatedGraph(nn.Module):
+    """Gated graph network over the label graph A (C x C), T steps with shared weights."""
+
+    def __init__(self, dim: int, steps: int):
+        super().__init__()
+        self.steps = steps
+        self.wz, self.wr, self.wh = (nn.Linear(2 * dim, dim) for _ in range(3))
+        self.uz, self.ur, self.uh = (nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, h: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
+        """h (B, C, D), graph (C, C) -> (B, C, D)."""
+        a_in, a_out = graph, graph.t()
+        for _ in range(self.steps):
+            msg = torch.cat([a_in @ h, a_out @ h], dim=-1)          # (B, C, 2D)
+            z = torch.sigmoid(self.wz(msg) + self.uz(h))
+            r = torch.sigmoid(self.wr(msg) + self.ur(h))
+            cand = torch.tanh(self.wh(msg) + self.uh(r * h))
+            h = (1 - z) * h + z * cand
+        return h
+
+
+class ElementWiseClassifier(nn.Module):
+    """One weight vector and bias per class: s_c = <w_c, o_c> + b_c."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
+
+    def forward(self, o: torch.Tensor) -> torch.Tensor:
+        return (o * self.weight).sum(-1) + self.bias
+
+
+class SARLTrunk(nn.Module):
+    """The whole trunk. ``graph`` and ``words`` are buffers: saved with the model."""
+
+    def __init__(self, cfg: SARLConfig, in_channels: int, num_classes: int,
+                 graph: Optional[np.ndarray], words: Optional[np.ndarray], embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim if cfg.reduce else in_channels
+        self.dim = dim
+        self.pool = nn.AvgPool2d(2, 2) if cfg.pool else nn.Identity()
+        self.reduce = (nn.Sequential(nn.Conv2d(in_channels, dim, 1, bias=False), nn.BatchNorm2d(dim))
+                       if cfg.reduce else nn.Identity())
+        self.decouple = SemanticDecoupling(dim, embed_dim, cfg.attention_dim)
+        self.ggnn = GatedGraph(dim, cfg.ggnn_steps)
+        self.fc_o = nn.Linear(2 * dim, dim)
+        self.classifier = ElementWiseClassifier(num_classes, dim)
+        g = torch.eye(num_classes) if graph is None else torch.as_tensor(graph, dtype=torch.float32)
+        w = torch.zeros(num_classes, embed_dim) if words is None else torch.as_tensor(words, dtype=torch.float32)
+        self.register_buffer("graph", g)
+        self.register_buffer("words", w)
+
+    def encode(self, maps: torch.Tensor) -> dict:
+        """Backbone maps -> semantic features and attention (no graph, no classifier)."""
+        maps = maps.float()
+        if self.cfg.pool and min(maps.shape[-2:]) >= 2:
+            maps = self.pool(maps)
+        f = self.reduce(maps)                            # (B, D, h, w)
+        spatial = tuple(f.shape[-2:])
+        f = f.flatten(2).transpose(1, 2)                 # (B, HW, D)
+        semantic, att = self.decouple(f, self.words)
+        return {"semantic": semantic, "attention": att, "spatial": spatial, "positions": f}
+
+    def classify(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semantic features (B, C, D) -> (logits (B, C), nodes (B, C, D)).
+
+        Blending methods call this on modified semantic features."""
+        nodes = self.ggnn(semantic, self.graph)
+        o = torch.tanh(self.fc_o(torch.cat([nodes, semantic], dim=-1)))
+        return self.classifier(o), nodes
+
+    def forward(self, maps: torch.Tensor) -> dict:
+        out = self.encode(maps)
+        out["logits"], out["nodes"] = self.classify(out["semantic"])
+        return out
+
+    @staticmethod
+    def attention_maps(out: dict) -> torch.Tensor:
+        """(B, C, h, w) attention maps, for visualisation."""
+        b, c, _ = out["attention"].shape
+        return out["attention"].reshape(b, c, *out["spatial"])
+
+
+def cosine_matrix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the last dimension, broadcasting the leading ones."""
+    return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)
