@@ -152,20 +152,33 @@ def _merge(schema, *parts, origin=""):
         raise ConfigError(f"configuration error{origin}: {e}") from None
 
 
+def _load_yaml_chain(p: Path, seen=()) -> list:
+    """A YAML config and, first, the files its ``base:`` key names (relative to it)."""
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: 'base' files include each other")
+    try:
+        node = OmegaConf.load(p)
+    except Exception as e:  # yaml errors of all kinds
+        raise ConfigError(f"{p}: not a valid YAML config ({e})") from None
+    bases = node.pop("base", None) if isinstance(node, DictConfig) else None
+    chain = []
+    for b in ([bases] if isinstance(bases, str) else list(bases or [])):
+        chain += _load_yaml_chain((p.parent / b), seen + (p.resolve(),))
+    return chain + [node]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
                 base: dict | None = None) -> DictConfig:
-    """Defaults ← `base` (a saved config) ← YAML file ← dotted overrides, all checked."""
+    """Defaults ← `base` (a saved config) ← YAML file ← dotted overrides, all checked.
+
+    A YAML file may start from others: ``base: other.yaml`` (or a list), relative to it."""
     parts = []
     if base is not None:
         parts.append(OmegaConf.create(base))
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            parts.append(OmegaConf.load(p))
-        except Exception as e:  # yaml errors of all kinds
-            raise ConfigError(f"{p}: not a valid YAML config ({e})") from None
+        parts += _load_yaml_chain(Path(path))
     try:
         parts.append(OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:

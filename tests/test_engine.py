@@ -182,3 +182,19 @@ def test_demo_falls_back_to_generated_data(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     for name in ("p0.3", "p1.0", "p0.3_random_backbone"):
         assert (tmp_path / "demo" / name / "best.pt").is_file()
+
+
+def test_every_preset_loads_and_base_files_chain(tmp_path):
+    from pathlib import Path
+    presets = sorted(Path("configs").glob("*.yaml"))
+    assert len(presets) >= 6
+    for p in presets:
+        cfg = load_config(p)
+        assert cfg.method.name in p.name
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain: {epochs: 3}\n")
+    (tmp_path / "b.yaml").write_text("train: {epochs: 7, batch_size: 5}\n")
+    cfg = load_config(tmp_path / "a.yaml")
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 5
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(tmp_path / "a.yaml")
