@@ -1,22 +1,3 @@
-"""Models: backbones (registry, factory, freeze policies)."""
-from mlrpl.models.backbones import (
-    FREEZE_POLICIES,
-    Backbone,
-    Preprocess,
-    apply_freeze,
-    create_backbone,
-    list_backbones,
-    load_weight_file,
-    register_backbone,
-)
-
-__all__ = [
-    "FREEZE_POLICIES",
-    "Backbone",
-    "Preprocess",
-    "apply_freeze",
-    "create_backbone",
-    "list_backbones",
-    "load_weight_file",
-    "register_backbone",
-]
+"""Models: backbones (registry, factory, freeze policies) and the SARL trunk."""
+from mlrpl.models.backbones import *  # noqa: F401,F403
+from mlrpl.models.backbones import __all__  # noqa: F401
