@@ -245,6 +245,68 @@ def cmd_demo(args) -> int:
                     epochs=args.epochs)
 
 
+# ---- sweep / report -----------------------------------------------------------------------------
+def _csv_list(text, kind=str):
+    if text is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MlrplError(f"bad list {text!r}: expected comma-separated {kind.__name__} values") from None
+
+
+def cmd_sweep(args) -> int:
+    from mlrpl.sweep import run_sweep
+    return run_sweep(args.config, overrides=args.overrides, out=args.out,
+                     methods=_csv_list(args.methods), proportions=_csv_list(args.proportions, float),
+                     seeds=_csv_list(args.seeds, int), reference=args.reference,
+                     dry_run=args.dry_run, report=not args.no_report,
+                     argv=["mlrpl", *sys.argv[1:]])
+
+
+def cmd_report(args) -> int:
+    from mlrpl.reports import build_report
+    for path in build_report(args.path, reference=args.reference, run_plots=args.run_plots,
+                             baseline=args.baseline, which=args.checkpoint,
+                             plots=not args.no_plots):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_sweep_parsers(sub) -> None:
+    sw = sub.add_parser("sweep", help="methods x known proportions x seeds, resumable "
+                                      "(torchrun --nproc_per_node=N -m mlrpl sweep ... spreads runs)")
+    sw.add_argument("--config", required=True, help="sweep YAML (configs/sweeps/*.yaml)")
+    sw.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="experiment overrides for every run, e.g. train.epochs=5")
+    sw.add_argument("--out", default=None, help="sweep directory (replaces the config's out)")
+    sw.add_argument("--methods", default=None, help="comma-separated methods (replaces 'methods')")
+    sw.add_argument("--proportions", default=None, help="comma-separated known proportions")
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds")
+    sw.add_argument("--reference", action="store_true", default=None,
+                    help="add the published reference table to results.md")
+    sw.add_argument("--no-report", action="store_true", help="skip results.csv/md and plots")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="list the runs and what each would do (train, resume, skip), then exit")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="rebuild tables and plots of a sweep or run directory")
+    rp.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
+    rp.add_argument("--run-plots", action="append", default=None, metavar="RUN",
+                    help="sweep: draw the run plots of this run (repeatable; default: each "
+                         "method's run at the lowest proportion, first seed)")
+    ref = rp.add_mutually_exclusive_group()
+    ref.add_argument("--reference", action="store_true", default=None,
+                     help="add the published results table (kept separate from ours)")
+    ref.add_argument("--no-reference", dest="reference", action="store_false")
+    rp.add_argument("--baseline", default=None, help="method the gains are measured from "
+                                                     "(default pbce)")
+    rp.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                    help="run: checkpoint of the per-class AP plot")
+    rp.add_argument("--no-plots", action="store_true", help="tables only")
+    rp.set_defaults(func=cmd_report)
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlrpl", description=__doc__.split("\n")[0])
@@ -327,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--epochs", type=int, default=None)
     dm.add_argument("--overwrite", action="store_true", help="replace an earlier demo's runs")
     dm.set_defaults(func=cmd_demo)
+
+    _add_sweep_parsers(sub)
     return p
 
 

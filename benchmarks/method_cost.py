@@ -1,0 +1,177 @@
+"""Training-step cost of the methods, relative to each other, measured in one run.
+
+    python benchmarks/method_cost.py --classes 200 --json
+    python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst sst_dense_ist
+
+On cached-feature shapes (B x 1280 x 14 x 14, EfficientNet-Lite0 at 448 px; synthetic values, the
+cost does not depend on them): one training step = forward through the method, its loss terms,
+backward, Adam step, with the method in its pseudo-labelling phase (epoch >= E0, so every branch
+runs). The trunk is the papers' size unless ``--dim`` says otherwise.
+
+Time: median over ``--steps`` timed steps after warm-up. Peak memory: on CUDA,
+``torch.cuda.max_memory_allocated`` around the steps; on CPU, each method runs in a fresh
+subprocess and the peak resident set size (``ru_maxrss``) during the steps minus the resident size
+just before the first step (the memory training needs beyond the model: activations, gradients,
+optimiser state).
+The last line printed with ``--json`` is one JSON object: method -> {"time_ratio", "memory_ratio"}
+against ``ssgrl``, plus the raw numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "sst_dense_ist"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def build(method: str, classes: int, dim: int, attention: int, channels: int):
+    from omegaconf import OmegaConf
+
+    from mlrpl.methods import get_method_class
+    from mlrpl.methods.base import TrainingContext
+    name, overrides = method, {}
+    if method == "sst_dense_ist":
+        name, overrides = "sst", {"dense": True}
+    cls = get_method_class(name)
+    cfg = OmegaConf.merge(OmegaConf.structured(cls.Config), {"name": name, **overrides})
+    if "trunk" in cfg:
+        cfg.trunk.dim, cfg.trunk.attention_dim = dim, attention
+    for key in ("start_epoch",):
+        if key in cfg:
+            cfg[key] = 0  # every branch runs from the first step
+    rng = np.random.default_rng(0)
+    partial = np.where(rng.random((512, classes)) < 0.3,
+                       np.where(rng.random((512, classes)) < 0.1, 1, -1), 0).astype(np.int8)
+    ctx = TrainingContext(num_classes=classes, feature_channels=channels,
+                          class_names=[f"c{i}" for i in range(classes)], partial_labels=partial,
+                          embeddings=rng.normal(size=(classes, 300)).astype(np.float32))
+    return cls(cfg, ctx)
+
+
+def batch_for(classes: int, batch: int, channels: int, hw: int, device, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.where(torch.rand(batch, classes, generator=g) < 0.3,
+                         torch.where(torch.rand(batch, classes, generator=g) < 0.15, 1, -1), 0)
+    full = torch.where(target == 0, torch.where(torch.rand(batch, classes, generator=g) < 0.1, 1, -1),
+                       target)
+    return {"features": torch.randn(batch, channels, hw, hw, generator=g).to(device),
+            "target": target.to(torch.int8).to(device), "full": full.to(torch.int8).to(device),
+            "index": torch.arange(batch, device=device), "epoch": 5, "step": 0,
+            "steps_per_epoch": 100}
+
+
+def measure(method: str, args) -> dict:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    m = build(method, args.classes, args.dim, args.attention, args.channels).to(device)
+    opt = torch.optim.Adam([g for g in m.param_groups()], lr=1e-4)
+    if hasattr(m, "on_epoch_start") and hasattr(m, "prototypes"):
+        m.prototypes.normal_()  # HST: prototypes as after a k-means pass (not timed)
+        if hasattr(m, "prototype_valid"):
+            m.prototype_valid.fill_(True)
+    m.train()
+    epoch = 10
+
+    def step(i):
+        b = batch_for(args.classes, args.batch, args.channels, args.hw, device, i)
+        b["epoch"] = epoch
+        out = m(b["features"], b)
+        terms = m.loss(out, b, epoch)
+        total = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        if hasattr(m, "after_step"):
+            m.after_step(out, b, epoch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # The baseline is taken before the first step, so that the peak counts what training needs
+    # beyond the model: activations, gradients, optimiser state, method state built on the way.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mb()
+    for i in range(args.warmup):
+        step(i)
+    times = []
+    for i in range(args.steps):
+        t = time.perf_counter()
+        step(100 + i)
+        times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"step_s": statistics.median(times), "peak_mb": max(peak, 0.0)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--channels", type=int, default=1280)
+    ap.add_argument("--hw", type=int, default=14)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--attention", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess worker
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args)))
+        return
+    results = {}
+    for method in args.methods:
+        if args.device == "cpu":  # a fresh process per method, so that peak RSS is its own
+            cmd = [sys.executable, __file__, "--one", method] + [
+                a for a in sys.argv[1:] if a != "--json"]
+            # drop the --methods list from the worker's arguments
+            if "--methods" in cmd:
+                i = cmd.index("--methods")
+                j = i + 1
+                while j < len(cmd) and not cmd[j].startswith("--"):
+                    j += 1
+                del cmd[i:j]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(f"{method}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[method] = json.loads(r.stdout.strip().splitlines()[-1])
+        else:
+            results[method] = measure(method, args)
+    ref = results.get("ssgrl")
+    print(f"C = {args.classes}, batch {args.batch}, maps {args.channels}x{args.hw}x{args.hw}, "
+          f"trunk D = {args.dim}, device {args.device}, threads {torch.get_num_threads()}")
+    print(f"{'method':<15} {'step (s)':>9} {'peak (MB)':>10} {'time/ssgrl':>11} {'mem/ssgrl':>10}")
+    out = {}
+    for method, r in results.items():
+        tr = r["step_s"] / ref["step_s"] if ref else float("nan")
+        mr = r["peak_mb"] / ref["peak_mb"] if ref and ref["peak_mb"] > 0 else float("nan")
+        out[method] = {"time_ratio": round(tr, 3), "memory_ratio": round(mr, 3),
+                       "step_s": round(r["step_s"], 4), "peak_mb": round(r["peak_mb"], 1)}
+        print(f"{method:<15} {r['step_s']:9.3f} {r['peak_mb']:10.1f} {tr:11.2f} {mr:10.2f}")
+    if args.json:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
