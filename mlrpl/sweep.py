@@ -241,7 +241,9 @@ def load_sweep(path=None, data: dict | None = None, overrides=(), out=None, meth
     raw_methods = data.get("methods", "all") if methods is None else methods
     spec_methods = raw_methods
     if raw_methods == "all":
-        raw_methods = list(registered)
+        # the baselines first (the tables compare against them), then the rest by name
+        first = [m for m in ("pbce", "ssgrl") if m in registered]
+        raw_methods = first + [m for m in registered if m not in first]
     if isinstance(raw_methods, str):
         raw_methods = [m.strip() for m in raw_methods.split(",") if m.strip()]
     if not isinstance(raw_methods, list) or not raw_methods:

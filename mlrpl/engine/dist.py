@@ -71,6 +71,14 @@ def all_gather_varlen(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([full[i * m: i * m + s] for i, s in enumerate(sizes)], 0)
 
 
+def broadcast_buffers(module, src: int = 0) -> None:
+    """Give every process rank `src`'s buffers (BatchNorm statistics drift apart between
+    processes; DDP re-broadcasts them only at its next training forward)."""
+    if is_dist():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=src)
+
+
 def broadcast_object(obj, src: int = 0):
     if not is_dist():
         return obj

@@ -337,6 +337,8 @@ class Trainer:
         return {k: vec[i].item() / n for i, k in enumerate(keys)}
 
     def predict_scores(self, dataset) -> np.ndarray:
+        # Every process scores its shard with the model the checkpoint holds (rank 0's buffers).
+        dist.broadcast_buffers(self.model)
         return predict_logits(self.model, dataset, self.cfg.train.eval_batch_size, self.device,
                               self.amp, self.cfg.data.num_workers, self.show_progress)
 
