@@ -48,7 +48,7 @@ class TransferConfig(SARLMethodConfig):
     cooc_weight: float = 10.0         # co-occurrence loss weight
     contrast_weight: float = 0.05     # instance contrastive loss weight
     warmup: bool = True               # ramp the two weights above over epoch 0 (step/steps)
-    cooc_pairs: str = "all"           # all | sample: pairs the co-occurrence loss uses
+    cooc_pairs: str = "sample"        # sample | all: pairs the co-occurrence loss uses (§11.9)
     cooc_sample: int = 512            # per image, sampled pairs that are not both known positive
     cooc_gamma_pos: float = 1.0       # asymmetric focal BCE (ASL): gamma+, gamma-, clip
     cooc_gamma_neg: float = 2.0
