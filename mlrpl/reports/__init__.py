@@ -101,23 +101,14 @@ def _f1_plot(rows, png, title):
     """CF1 and OF1 (last epoch) against the proportion, side by side."""
     import numpy as np
 
-    from mlrpl.reports.plots import _colors, _figure, _methods, _save
+    from mlrpl.reports.plots import _colors, _figure, _methods, _save, proportion_lines
     from mlrpl.reports.tables import ordered, values_by
     methods = _methods(rows)
     colors = _colors(methods)
     fig, axes = _figure(12, 4.8, ncols=2)
     for ax, key in zip(axes[0], ("CF1", "OF1")):
         cells = values_by(rows, key)
-        for m in methods:
-            ps = sorted(p for (mm, p) in cells if mm == m)
-            if not ps:
-                continue
-            vals = [list(cells[(m, p)].values()) for p in ps]
-            xs = [100 * p for p in ps]
-            ax.plot(xs, [np.mean(v) for v in vals], marker="o", ms=4, color=colors[m], label=m)
-            if any(len(v) > 1 for v in vals):
-                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
-                                color=colors[m], alpha=0.15, linewidth=0)
+        proportion_lines(ax, cells, methods, colors)
         ax.set_xlabel("known labels (% of the training labels)")
         ax.set_ylabel(f"{key} at probability ≥ threshold (%)")
         ax.set_title(f"{key}, last epoch", fontsize=10)

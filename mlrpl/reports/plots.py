@@ -16,6 +16,21 @@ from mlrpl.reports.tables import (BEST_LABEL, _finite, ordered, pl_sources, read
 DPI = 120
 
 
+def proportion_lines(ax, cells: dict, methods, colors) -> None:
+    """One line per method (mean over seeds) against the known proportion, with a min-max band
+    over seeds; `cells` maps (method, p) to {seed: value}."""
+    for m in methods:
+        ps = sorted(p for (mm, p) in cells if mm == m)
+        if not ps:
+            continue
+        vals = [list(cells[(m, p)].values()) for p in ps]
+        xs = [100 * p for p in ps]
+        ax.plot(xs, [np.mean(v) for v in vals], marker="o", ms=4, color=colors[m], label=m)
+        if any(len(v) > 1 for v in vals):
+            ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
+                            color=colors[m], alpha=0.15, linewidth=0)
+
+
 def _figure(w, h, ncols=1, nrows=1):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(w, h))
@@ -58,16 +73,7 @@ def plot_metric_vs_proportion(rows, png, metric: str = "mAP", title: str = "") -
     for ax, prefix, what in ((axes[0, 0], "", "last epoch"),
                              (axes[0, 1], "best_", BEST_LABEL)):
         cells = values_by(rows, prefix + metric)
-        for m in methods:
-            ps = sorted(p for (mm, p) in cells if mm == m)
-            if not ps:
-                continue
-            vals = [list(cells[(m, p)].values()) for p in ps]
-            xs = [100 * p for p in ps]
-            ax.plot(xs, [np.mean(v) for v in vals], marker="o", ms=4, color=colors[m], label=m)
-            if any(len(v) > 1 for v in vals):
-                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals],
-                                color=colors[m], alpha=0.15, linewidth=0)
+        proportion_lines(ax, cells, methods, colors)
         ax.set_xlabel("known labels (% of the training labels)")
         ax.set_ylabel(f"{metric} on the evaluation split (%)")
         ax.set_title(f"{metric}, {what}", fontsize=10)
