@@ -99,7 +99,6 @@ def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
 
 def _f1_plot(rows, png, title):
     """CF1 and OF1 (last epoch) against the proportion, side by side."""
-    import numpy as np
 
     from mlrpl.reports.plots import _colors, _figure, _methods, _save, proportion_lines
     from mlrpl.reports.tables import ordered, values_by
