@@ -221,13 +221,24 @@ def cmd_eval(args) -> int:
     from mlrpl.engine.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(args.checkpoint, overrides=args.overrides, split=args.split,
                                  save_scores=args.save_scores, threshold=args.threshold,
-                                 thresholds_file=args.thresholds)
+                                 thresholds_file=args.thresholds,
+                                 model_thresholds=args.model_thresholds)
     if args.json:
         print(json.dumps(result["metrics"]))
     else:
         print(f"{result['dataset']} ({result['num_images']} images)")
         for k, v in result["metrics"].items():
             print(f"{k:>12}  {v:8.2f}")
+    return 0
+
+
+def cmd_thresholds(args) -> int:
+    from mlrpl.reports.satl import export_thresholds
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    text = export_thresholds(args.checkpoint, out=args.out, plot=args.plot, classes=classes,
+                             source=args.source, force=args.force)
+    if args.out is None:
+        print(text)
     return 0
 
 
@@ -373,9 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, default=None, help="probability threshold")
     e.add_argument("--thresholds", default=None,
                    help="per-class thresholds: a .npy (C,) or a JSON {class: threshold}")
+    e.add_argument("--model-thresholds", action="store_true",
+                   help="the per-class thresholds saved with the model (satl)")
     e.add_argument("--save-scores", default=None, help="write the logits to this .npy")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    th = sub.add_parser("thresholds", help="export a model's learned per-class thresholds (SATL) "
+                        "as JSON and plot its score distributions")
+    th.add_argument("--checkpoint", required=True)
+    th.add_argument("--out", default=None, help="per-class JSON (default: print it)")
+    th.add_argument("--plot", default=None, help="PNG of the score histograms with the thresholds")
+    th.add_argument("--classes", default=None,
+                    help="comma-separated classes to plot (default: a few, frequent to rare)")
+    th.add_argument("--source", default=None, help="score source to plot (cls, intra, inter)")
+    th.add_argument("--force", action="store_true", help="overwrite existing output files")
+    th.set_defaults(func=cmd_thresholds)
 
     c = sub.add_parser("cache", help="compute and store the frozen backbone's feature maps")
     c.add_argument("--config", default=None)

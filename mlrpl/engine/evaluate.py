@@ -96,9 +96,23 @@ def model_from_checkpoint(ckpt: dict, cfg, device):
     return model.to(device).eval()
 
 
+def _model_thresholds(model, path) -> np.ndarray:
+    """The per-class probability thresholds a model learned (SATL), or a clear error."""
+    get = getattr(model.method, "inference_thresholds", None)
+    thr = get() if get is not None else None
+    if thr is None:
+        raise MlrplError(f"{path}: method {model.method.name!r} has no thresholds of its own "
+                         f"(per-class thresholds are learned by 'satl'); use --threshold or "
+                         f"--thresholds FILE")
+    return np.asarray(thr, dtype=np.float64)
+
+
 def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, threshold=None,
-                        thresholds_file=None) -> dict:
-    """Metrics of a checkpoint on its evaluation split (or `split`), on one process."""
+                        thresholds_file=None, model_thresholds=False) -> dict:
+    """Metrics of a checkpoint on its evaluation split (or `split`), on one process.
+
+    Thresholded metrics use, in order of precedence: the model's own per-class thresholds
+    (``model_thresholds``), a thresholds file, ``threshold``, the config's ``eval.threshold``."""
     from mlrpl.config import load_config
     from mlrpl.data import read_dataset
     from mlrpl.engine.checkpoint import load_checkpoint
@@ -116,6 +130,9 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
         raise MlrplError(f"the dataset's classes differ from the checkpoint's "
                          f"({len(ls.classes)} vs {len(ckpt['classes'])})")
     model = model_from_checkpoint(ckpt, cfg, device)
+    if thresholds_file is not None and model_thresholds:
+        raise MlrplError("give either a thresholds file or --model-thresholds, not both")
+    learned = _model_thresholds(model, path) if model_thresholds else None
     ds, kept = make_dataset(cfg, ls, None, model.backbone, device, train=False)
     if kept is not None:
         ls = ls.subset(kept)
@@ -124,10 +141,13 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     thr = cfg.eval.threshold if threshold is None else threshold
     if thresholds_file is not None:
         thr = load_thresholds(thresholds_file, ls.classes)
+    if learned is not None:
+        thr = learned
     metrics = score(scores, ls.labels, thr, ls.classes)
     if save_scores:
         np.save(save_scores, scores)
-    return {"metrics": metrics, "dataset": ls.source, "num_images": len(ls), "scores": scores}
+    return {"metrics": metrics, "dataset": ls.source, "num_images": len(ls), "scores": scores,
+            "thresholds": thr}
 
 
 def build_cache(cfg) -> list[str]:

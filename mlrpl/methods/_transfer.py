@@ -24,7 +24,7 @@ tested against, and a benchmark baseline.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -35,6 +35,7 @@ from mlrpl.engine import dist
 from mlrpl.errors import ConfigError
 from mlrpl.losses import partial_bce
 from mlrpl.methods._sarl import SARLMethod, SARLMethodConfig
+from mlrpl.methods._satl import SATLThresholdConfig, ScoreDistributions
 from mlrpl.models.sarl import ElementWiseClassifier
 
 
@@ -57,6 +58,10 @@ class TransferConfig(SARLMethodConfig):
     ist_hidden_dim: Optional[int] = None  # pair MLP width; None: D
     dense: bool = False               # literal all-pairs IST (reference / benchmark)
     pl_stats_per_class: bool = True   # per-class pseudo-label quality columns in summary.csv
+    # own: the method's thresholds (SST's schedule, HST's DTL); satl: per-class thresholds from
+    # the score distributions of known positives / negatives of each source (SPEC §11.11)
+    thresholds: str = "own"
+    satl: SATLThresholdConfig = field(default_factory=SATLThresholdConfig)
 
 
 # ---- IST head -------------------------------------------------------------------------------------
@@ -437,6 +442,32 @@ class TransferMethod(SARLMethod):
         self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim)
         self.quality = PseudoLabelQuality(self.pl_sources, self.class_names,
                                           cfg.pl_stats_per_class)
+        if cfg.thresholds not in ("own", "satl"):
+            raise ConfigError(f"bad value for 'method.thresholds': {cfg.thresholds!r}; expected "
+                              f"'own' or 'satl'")
+        # SATL thresholds in place of the method's own: positive pseudo-labels only, as the
+        # method's own thresholds make (the effect of the thresholds alone).
+        self.distributions = (ScoreDistributions(cfg.satl, self.pl_sources, ctx.num_classes,
+                                                 ctx.partial_labels)
+                              if cfg.thresholds == "satl" else None)
+
+    @property
+    def uses_satl(self) -> bool:
+        return self.distributions is not None
+
+    def on_epoch_start(self, trainer, epoch):
+        if (self.uses_satl and epoch == int(self.cfg.start_epoch)
+                and int(self.distributions.start_epoch) < 0):
+            self.distributions.snapshot(epoch)
+
+    def track_intra(self, q_intra: torch.Tensor, target: torch.Tensor) -> None:
+        """Add the batch's intra-image scores of known entries to the SATL distributions, each
+        known positive scored as if it were unknown (leave-one-out: without its own P_cc = 1)."""
+        loo, valid = leave_one_out_intra(q_intra.detach(), target)
+        self.distributions.update("intra", loo, target, valid)
+
+    def satl_positives(self, source: str, scores: torch.Tensor, target: torch.Tensor):
+        return self.distributions.pseudo_labels(source, scores, target)[0]
 
     def is_active(self, epoch: int) -> bool:
         return epoch >= int(self.cfg.start_epoch)
@@ -465,7 +496,22 @@ class TransferMethod(SARLMethod):
         device = next(self.parameters()).device
         stats = self.quality.compute(device)
         self.quality.reset()
+        if self.uses_satl:
+            stats.update(self.distributions.stats())
         return stats
+
+
+def leave_one_out_intra(q: torch.Tensor, target: torch.Tensor):
+    """q^intra of every entry (B, C), as :func:`intra_scores` gives it for ``entries`` = all ->
+    (scores, valid): a known positive's score without its own term, (sum_{j in K+, j != c} P_cj)
+    / (|K+| - 1), defined when the image has another known positive; any other entry's score
+    as it is, defined when the image has a known positive."""
+    pos = target > 0
+    npos = pos.sum(1, keepdim=True).float()
+    total = q.float() * npos.clamp(min=1)
+    loo = torch.where(pos, (total - 1) / (npos - 1).clamp(min=1), q.float())
+    valid = torch.where(pos, npos >= 2, npos >= 1)
+    return loo, valid
 
 
 def cosine_to_mean(semantic: torch.Tensor, refs: torch.Tensor, weight: torch.Tensor,
@@ -488,4 +534,4 @@ def zero_like_loss(logits: torch.Tensor) -> torch.Tensor:
 __all__ = ["TransferConfig", "CooccurrenceHead", "IntraImageTransfer", "cooccurrence_focal",
            "intra_scores", "intra_scores_dense", "instance_contrastive", "sst_threshold",
            "warmup_ramp", "PseudoLabelQuality", "TransferMethod", "cosine_to_mean",
-           "pair_index_matrix", "zero_like_loss"]
+           "pair_index_matrix", "zero_like_loss", "leave_one_out_intra"]

@@ -125,6 +125,7 @@ class HST(TransferMethod):
         return epoch == e0 if every <= 0 else (epoch - e0) % every == 0
 
     def on_epoch_start(self, trainer, epoch):
+        super().on_epoch_start(trainer, epoch)
         if not self.prototype_due(epoch) or int(self.prototype_epoch) == epoch:
             return
         feats, classes = collect_positive_features(trainer)
@@ -161,16 +162,32 @@ class HST(TransferMethod):
         active = self.is_active(epoch)
         semantic = out["semantic"]
         unknown = target == 0
-        # DTL scores every entry (known ones train θ), with the graph kept.
-        everything = torch.ones_like(unknown) if active else None
-        out["cooc"], q_intra = self.ist(semantic, target, entries=everything, score_grad=True)
+        # DTL scores every entry (known ones train θ), with the graph kept; SATL thresholds
+        # need every entry's score from the start (the distributions), without a graph.
+        satl = self.uses_satl
+        everything = torch.ones_like(unknown) if (active or satl) else None
+        out["cooc"], q_intra = self.ist(semantic, target, entries=everything,
+                                        score_grad=not satl)
         out["contrast"] = instance_contrastive(semantic, target)
+        has = self.prototype_valid.any(1)                          # (C,)
+        if satl:
+            self.track_intra(q_intra, target)
+            if bool(has.any()):
+                with torch.no_grad():
+                    g = self.prototype_scores(semantic.detach())
+                self.distributions.update("inter", g, target, has[None].expand_as(target))
         if not active:
+            return out
+        if satl:
+            out["pl_intra"] = self.satl_positives("intra", q_intra, target)
+            if bool(has.any()):
+                g = self.prototype_scores(semantic)
+                out["pl_inter"] = self.satl_positives("inter", g.detach(), target) & has
+                out["proto"] = self.prototype_loss(g, target, has)
             return out
         s_intra = (q_intra - self.threshold_intra).clamp(0, 1)
         out["dtl_intra"] = partial_bce(s_intra, target)
         out["pl_intra"] = unknown & (s_intra.detach() > 0)
-        has = self.prototype_valid.any(1)                          # (C,)
         if bool(has.any()):
             g = self.prototype_scores(semantic)
             s_inter = (g - self.threshold_inter).clamp(0, 1)
@@ -203,6 +220,8 @@ class HST(TransferMethod):
 
     def epoch_stats(self):
         stats = super().epoch_stats()
+        if self.uses_satl:  # the learnable thresholds take no part
+            return stats
         stats["threshold_intra"] = float(self.threshold_intra.detach())
         stats["threshold_inter"] = float(self.threshold_inter.detach())
         return stats

@@ -116,18 +116,29 @@ class SST(TransferMethod):
         active = self.is_active(epoch)
         semantic = out["semantic"]
         unknown = target == 0
-        # Hard pseudo-labels need no gradient: SST scores only the unknown entries, detached.
-        out["cooc"], q_intra = self.ist(semantic, target, entries=unknown if active else None,
-                                        score_grad=False)
+        # Hard pseudo-labels need no gradient: SST scores only the unknown entries, detached
+        # (every entry with SATL thresholds: the known ones feed the distributions).
+        entries = torch.ones_like(unknown) if self.uses_satl else (unknown if active else None)
+        out["cooc"], q_intra = self.ist(semantic, target, entries=entries, score_grad=False)
         out["contrast"] = instance_contrastive(semantic, target)
+        if self.uses_satl:
+            self.track_intra(q_intra, target)
+            filled = (self.bank.count > 0)[None].expand_as(target)
+            with torch.no_grad():  # the bank before this batch: no entry scored against itself
+                self.distributions.update("inter", self.bank.scores(semantic.detach()), target,
+                                          filled)
         # The bank is updated before pseudo-labelling: it includes the current batch.
         self.bank.update(semantic, target)
         if active:
-            theta = self.threshold(epoch)
             with torch.no_grad():
                 q_inter = self.bank.scores(semantic.detach())
-            out["pl_intra"] = unknown & (q_intra >= theta)
-            out["pl_inter"] = unknown & (q_inter >= theta)
+            if self.uses_satl:
+                out["pl_intra"] = self.satl_positives("intra", q_intra, target)
+                out["pl_inter"] = self.satl_positives("inter", q_inter, target)
+            else:
+                theta = self.threshold(epoch)
+                out["pl_intra"] = unknown & (q_intra >= theta)
+                out["pl_inter"] = unknown & (q_inter >= theta)
         return out
 
     def loss(self, outputs, batch, epoch):
@@ -147,6 +158,6 @@ class SST(TransferMethod):
     def epoch_stats(self):
         stats = super().epoch_stats()
         epoch = getattr(self, "_last_epoch", None)
-        if epoch is not None:
+        if epoch is not None and not self.uses_satl:
             stats["pl_threshold"] = self.threshold(epoch) if self.is_active(epoch) else float("nan")
         return stats

@@ -38,7 +38,29 @@ def _run_plots(run_dir: Path, plot_dir: Path, name: str, which: str = "last") ->
     if per_class:
         written.append(plots.plot_per_class_ap(per_class, plot_dir / "per_class_ap.png",
                                                f"{name} ({which} epoch)"))
+    dists = _distribution_plot(run_dir, plot_dir / "score_distributions.png", name)
+    if dists is not None:
+        written.append(dists)
     return written, per_class
+
+
+def _distribution_plot(run_dir: Path, png: Path, name: str):
+    """SATL's figure (score histograms and per-class thresholds) when the run keeps them."""
+    from mlrpl.engine.checkpoint import load_checkpoint
+    from mlrpl.reports.satl import load_distributions, plot_score_distributions
+    ckpt = run_dir / "last.pt"
+    if not ckpt.is_file():
+        return None
+    if not any(k.startswith("method.distributions.") for k in load_checkpoint(ckpt)["model"]):
+        return None
+    try:
+        model, state = load_distributions(ckpt)
+        return plot_score_distributions(model, state, png, title=f"{name}: score distributions "
+                                        f"and per-class thresholds")
+    except Exception as e:  # the report goes on without this figure
+        warnings.warn(f"{run_dir}: no score-distribution plot ({type(e).__name__}: {e})",
+                      stacklevel=2)
+        return None
 
 
 def _default_run_plots(rows) -> list[str]:
