@@ -353,10 +353,14 @@ def _flat(d, prefix=""):
 
 
 def config_drift(saved: dict, new: dict) -> list[str]:
-    """Keys whose value differs between a run's saved config and the sweep's config for it."""
+    """Keys whose value differs between a run's saved config and the sweep's config for it.
+
+    A key the saved config lacks is not drift: it was added to the schema after the run was made,
+    and a new key's default keeps the earlier behaviour. A key the new config lacks is."""
     a, b = _flat(saved), _flat(new)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if not k.startswith(_DRIFT_IGNORED) and a.get(k) != b.get(k)]
+    return [k for k in keys if not k.startswith(_DRIFT_IGNORED) and k in a
+            and a.get(k) != b.get(k)]
 
 
 def run_state(run_dir: Path, epochs: int) -> str:

@@ -36,6 +36,24 @@ def test_separated_class_gets_thresholds_between_the_distributions():
     assert float(tp) == pytest.approx(0.4) and float(tn) == pytest.approx(0.4)
 
 
+def test_quantile_bounds_keep_thresholds_next_to_the_known_scores():
+    # far apart: positives at 0.9-1.0, negatives at 0-0.1; the targets hold anywhere in between
+    pos = hist([0.91, 0.93, 0.95, 0.97, 0.99] * 4)
+    neg = hist([0.01, 0.03, 0.05, 0.07, 0.09] * 10)
+    tp, tn, _ = distribution_thresholds(pos[None], neg[None], torch.tensor([0.3]))
+    assert float(tp) == pytest.approx(0.1) and float(tn) == pytest.approx(0.1)
+    tp, tn, _ = distribution_thresholds(pos[None], neg[None], torch.tensor([0.3]),
+                                        positive_quantile=0.1, negative_quantile=0.9)
+    assert float(tp) == pytest.approx(0.9)    # at most 10% of the known positives below it
+    assert float(tn) == pytest.approx(0.1)    # at least 90% of the known negatives below it
+    pos2 = hist([0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95, 0.96, 0.97, 0.98])
+    neg2 = hist([0.02, 0.04, 0.06, 0.08, 0.11, 0.13, 0.15, 0.17, 0.19, 0.25])
+    tp, tn, _ = distribution_thresholds(pos2[None], neg2[None], torch.tensor([0.5]),
+                                        positive_quantile=0.1, negative_quantile=0.9)
+    assert float(tp) == pytest.approx(0.4)    # 1 of 10 positives (10%) below 0.4
+    assert float(tn) == pytest.approx(0.2)    # 9 of 10 negatives below 0.2
+
+
 def test_hand_case_precision_and_npv_edges():
     # 4 bins on [0, 1]; prior 0.5. positives: bins [0, 1, 1, 8]/10; negatives: [6, 2, 1, 1]/10
     pos = torch.tensor([[0.0, 1.0, 1.0, 8.0]], dtype=torch.float64)

@@ -292,3 +292,12 @@ def test_sweep_spread_over_two_processes(shapes, cache_dir, tmp_path):
                                                         "pbce_p0.7_s0": "done"}
     assert json.loads((out / "runs/pbce_p0.7_s0/sweep_run.json").read_text())["rank"] == 1
     assert (out / "results.md").is_file()
+
+
+def test_config_drift_ignores_keys_added_to_the_schema_later():
+    from mlrpl.sweep import config_drift
+    saved = {"seed": 0, "method": {"name": "hst", "satl": {"bins": 50}}}
+    assert config_drift(saved, {"seed": 0, "method": {"name": "hst", "satl": {
+        "bins": 50, "positive_quantile": 0.1}}}) == []
+    assert config_drift(saved, {"seed": 1, "method": {"name": "hst", "satl": {"bins": 50}}}) == ["seed"]
+    assert config_drift(saved, {"seed": 0, "method": {"name": "hst"}}) == ["method.satl.bins"]

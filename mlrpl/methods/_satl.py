@@ -39,6 +39,10 @@ class SATLThresholdConfig:
     target_precision: float = 0.95    # positive threshold: estimated precision reaches this
     target_npv: float = 0.95          # negative threshold: estimated NPV reaches this
     min_positives: int = 5            # a class with fewer known positives makes no pseudo-labels
+    # Conservative bounds (docs/decisions.md): τ⁺ no lower than this quantile of the known
+    # positives' scores, τ⁻ no higher than this quantile of the known negatives' (0 / 1: off).
+    positive_quantile: float = 0.1
+    negative_quantile: float = 0.9
 
 
 def check_threshold_config(cfg, where: str = "method.satl") -> None:
@@ -52,6 +56,10 @@ def check_threshold_config(cfg, where: str = "method.satl") -> None:
         v = float(getattr(cfg, key))
         if not 0.0 < v <= 1.0:
             raise ConfigError(f"bad value for '{where}.{key}': {v}; expected a number in (0, 1]")
+    for key in ("positive_quantile", "negative_quantile"):
+        v = float(getattr(cfg, key))
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"bad value for '{where}.{key}': {v}; expected a number in [0, 1]")
     if int(cfg.min_positives) < 1:
         raise ConfigError(f"bad value for '{where}.min_positives': {cfg.min_positives}; "
                           f"expected a positive integer")
@@ -73,7 +81,8 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
 
 def distribution_thresholds(pos_hist: torch.Tensor, neg_hist: torch.Tensor,
                             prior_pos: torch.Tensor, target_precision: float = 0.95,
-                            target_npv: float = 0.95, lo: float = 0.0, hi: float = 1.0):
+                            target_npv: float = 0.95, lo: float = 0.0, hi: float = 1.0,
+                            positive_quantile: float = 0.0, negative_quantile: float = 1.0):
     """Per-class thresholds from the score histograms of known positives and known negatives.
 
     Parameters
@@ -93,6 +102,13 @@ def distribution_thresholds(pos_hist: torch.Tensor, neg_hist: torch.Tensor,
     tau_neg : the highest edge up to which the estimated NPV stays at or above the target, with
         some negative below; -inf where none; never above tau_pos. Scores < tau_neg are
         pseudo-negatives.
+        With ``positive_quantile`` q⁺ > 0, tau_pos is raised to at least the highest edge with at
+        most a share q⁺ of the positives below it; with ``negative_quantile`` q⁻ < 1, tau_neg is
+        lowered to at most the lowest edge with at least a share q⁻ of the negatives below it.
+        When the distributions are far apart (a model that fits its known labels), precision and
+        NPV reach the target anywhere in the empty gap between them; the bounds keep the
+        thresholds next to the scores known labels actually take instead of at the far ends of
+        the gap.
     decision : the edge that maximises the estimated F1 = 2 TP / (2 TP + FP + FN) (the lowest
         such edge); NaN where a histogram is empty.
     """
@@ -131,6 +147,12 @@ def distribution_thresholds(pos_hist: torch.Tensor, neg_hist: torch.Tensor,
     ok_neg = usable & (k_neg >= 0) & has_neg
     tau_neg = torch.where(ok_neg, edges[k_neg.clamp(min=0)],
                           torch.full_like(edges[:1].expand(c), float("-inf")))
+    if positive_quantile > 0:
+        k_q = _last_true(f_pos <= positive_quantile + 1e-12).clamp(min=0)
+        tau_pos = torch.maximum(tau_pos, edges[k_q])
+    if negative_quantile < 1:
+        k_q = _first_true(f_neg >= negative_quantile - 1e-12).clamp(max=k)
+        tau_neg = torch.minimum(tau_neg, edges[k_q])
     tau_neg = torch.minimum(tau_neg, tau_pos)
     # Decision threshold: the estimated-F1 optimum over the edges 0..K-1.
     f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1e-300)
@@ -227,7 +249,8 @@ class ScoreDistributions(nn.Module):
         lo, hi = SOURCE_RANGES[self.sources[s]]
         tau_pos, tau_neg, decision = distribution_thresholds(
             self.pos[s], self.neg[s], self.prior().to(self.pos.device),
-            float(self.cfg.target_precision), float(self.cfg.target_npv), lo, hi)
+            float(self.cfg.target_precision), float(self.cfg.target_npv), lo, hi,
+            float(self.cfg.positive_quantile), float(self.cfg.negative_quantile))
         on = self.enabled().to(tau_pos.device)
         inf = torch.full_like(tau_pos, float("inf"))
         self.tau_pos[s] = torch.where(on, tau_pos, inf).float()
@@ -274,7 +297,7 @@ class ScoreDistributions(nn.Module):
 
         def num(t, c):
             v = values[t][c]
-            return v if math.isfinite(v) else None
+            return round(v, 6) if math.isfinite(v) else None
         for c, name in enumerate(class_names):
             rows[name] = {"positive": num("tau_pos", c), "negative": num("tau_neg", c),
                           "decision": num("decision", c),

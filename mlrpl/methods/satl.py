@@ -123,4 +123,4 @@ class SATL(SARLMethod):
         """Per-class probability thresholds for the thresholded metrics: the decision thresholds
         of the distributions (0.5 where a class has none)."""
         d = self.distributions.decision[0].detach().cpu().double().numpy()
-        return np.where(np.isfinite(d) & (d > 0) & (d < 1), d, 0.5)
+        return np.where(np.isfinite(d) & (d > 0) & (d < 1), np.round(d, 6), 0.5)

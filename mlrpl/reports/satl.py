@@ -51,7 +51,7 @@ def threshold_table(model, ckpt, path="") -> dict:
                               "classes": d.table(classes, s, start=True)}
         sources[s] = entry
     cfg = d.cfg
-    out = {"method": model.method.name, "checkpoint": str(path), "epoch": int(ckpt.get("epoch", -1)) + 1,
+    out = {"method": model.method.name, "checkpoint": str(path), "epoch": int(ckpt.get("epoch", 0)),
            "config": {k: getattr(cfg, k) for k in ("bins", "momentum", "target_precision",
                                                     "target_npv", "min_positives")}}
     get = getattr(model.method, "inference_thresholds", None)
@@ -98,7 +98,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     edges = np.linspace(lo, hi, k + 1)
     width = edges[1] - edges[0]
     fig, axes = _figure(3.3 * len(classes), 2.8 * len(rows), ncols=len(classes), nrows=len(rows))
-    epoch_end = int(ckpt.get("epoch", -1)) + 1
+    epoch_end = int(ckpt.get("epoch", 0))      # epochs completed
     for r, (when, pre) in enumerate(rows):
         pos_h = getattr(d, pre + "pos")[s].cpu().numpy()
         neg_h = getattr(d, pre + "neg")[s].cpu().numpy()
