@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from mlrpl.errors import ConfigError
 from mlrpl.methods._satl import (SATLThresholdConfig, ScoreDistributions, check_threshold_config,
                                  distribution_thresholds, ranking_loss)
-from mlrpl.methods._transfer import leave_one_out_intra, intra_scores, CooccurrenceHead
-from tests.test_transfer import _embeddings, _rows, batch_of, build
+from mlrpl.methods._transfer import CooccurrenceHead, intra_scores, leave_one_out_intra
+from tests.test_transfer import batch_of, build, train_twice_with_resume
 
 
 def hist(values, bins=10, lo=0.0, hi=1.0):
@@ -200,22 +200,8 @@ def test_satl_forward_makes_pseudo_labels_after_e0():
 ])
 def test_trains_and_resumes_exactly(shapes, cache_dir, tmp_path, method, extra):
     from mlrpl.cli import main
-    from mlrpl.config import load_config
-    from mlrpl.engine.checkpoint import load_checkpoint
     from mlrpl.engine.evaluate import evaluate_checkpoint
-    from mlrpl.engine.trainer import Trainer
-    from tests.test_engine import tiny
-    args = [f"method.name={method}", "method.trunk.dim=32", "method.trunk.attention_dim=16",
-            "method.start_epoch=1", f"data.embeddings={_embeddings(tmp_path)}", *extra]
-    a, b = tmp_path / "a", tmp_path / "b"
-    Trainer(load_config(None, tiny(shapes, cache_dir, a, *args))).fit()
-    Trainer(load_config(None, tiny(shapes, cache_dir, b, *args, "train.stop_after_epochs=1"))).fit()
-    assert main(["train", "--resume", "--run-dir", str(b)]) == 0
-    ka, kb = (load_checkpoint(p / "last.pt") for p in (a, b))
-    assert ka["model"].keys() == kb["model"].keys()
-    for k in ka["model"]:  # bitwise, NaN (no decision threshold) equal to NaN
-        torch.testing.assert_close(ka["model"][k], kb["model"][k], rtol=0, atol=0, equal_nan=True)
-    ra, rb = _rows(a), _rows(b)
+    a, ka, ra, rb = train_twice_with_resume(shapes, cache_dir, tmp_path, method, extra)
     state = ka["model"]
     hist_keys = [k for k in state if k.startswith("method.distributions.")]
     assert "method.distributions.pos" in hist_keys and state["method.distributions.pos"].sum() > 0
