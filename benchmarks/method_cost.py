@@ -1,7 +1,7 @@
 """Training-step cost of the methods, relative to each other, measured in one run.
 
     python benchmarks/method_cost.py --classes 200 --json
-    python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst sst_dense_ist
+    python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst satl sst_dense_ist
 
 On cached-feature shapes (B x 1280 x 14 x 14, EfficientNet-Lite0 at 448 px; synthetic values, the
 cost does not depend on them): one training step = forward through the method, its loss terms,
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "sst_dense_ist"]
+DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "satl", "hst_satl", "sst_dense_ist"]
 
 
 def _rss_mb() -> float:
@@ -46,6 +46,8 @@ def build(method: str, classes: int, dim: int, attention: int, channels: int):
     name, overrides = method, {}
     if method == "sst_dense_ist":
         name, overrides = "sst", {"dense": True}
+    elif method == "hst_satl":   # hst with SATL's per-class thresholds in place of DTL
+        name, overrides = "hst", {"thresholds": "satl"}
     cls = get_method_class(name)
     cfg = OmegaConf.merge(OmegaConf.structured(cls.Config), {"name": name, **overrides})
     if "trunk" in cfg:

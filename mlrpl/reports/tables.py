@@ -327,8 +327,26 @@ def _setup_lines(sweep_dir: Path, rows: list[dict], spec: dict) -> list[str]:
     if mdl:
         lines.append(f"- Model: backbone `{mdl.get('backbone')}` (pretrained: "
                      f"{mdl.get('pretrained')}, freeze `{mdl.get('freeze')}`), image size "
-                     f"{d.get('image_size')}, {t.get('epochs')} epochs, batch {t.get('batch_size')}")
+                     f"{d.get('image_size')}")
+    recipes = _recipes(sweep_dir, rows)
+    if recipes:
+        lines.append("- Training: " + "; ".join(f"{', '.join(ms)}: {r}" for r, ms in recipes.items()))
     return lines
+
+
+def _recipes(sweep_dir: Path, rows: list[dict]) -> dict[str, list[str]]:
+    """{training recipe text: [methods]} from each method's first run on disk."""
+    out: dict[str, list[str]] = {}
+    for m in ordered(r["method"] for r in rows):
+        cfg = next((c for c in (read_config(sweep_dir / r["run_dir"]) for r in rows
+                                if r["method"] == m) if c), None)
+        if not cfg:
+            continue
+        o, t = cfg.get("optim") or {}, cfg.get("train") or {}
+        text = (f"{t.get('epochs')} epochs, batch {t.get('batch_size')}, {o.get('name')} lr "
+                f"{o.get('lr')}")
+        out.setdefault(text, []).append(m)
+    return out
 
 
 def results_markdown(sweep_dir, rows: list[dict], reference: bool = False,
