@@ -66,9 +66,9 @@ def default_classes(known_pos: np.ndarray, class_names, min_positives: int, n: i
     """A few classes to draw, from the most to the least known positives among those that can
     make pseudo-labels (all classes when none can)."""
     order = [int(i) for i in np.argsort(-known_pos, kind="stable")]
-    able = [i for i in order if known_pos[i] >= min_positives] or order
-    if len(able) <= n:
-        return [class_names[i] for i in able]
+    able = [i for i in order if known_pos[i] >= min_positives]
+    if len(able) <= n:  # pad with the most frequent of the others (drawn without thresholds)
+        return [class_names[i] for i in (able + [i for i in order if i not in able])[:n]]
     picks = np.linspace(0, len(able) - 1, n).round().astype(int)
     return [class_names[able[i]] for i in dict.fromkeys(picks.tolist())]
 
@@ -97,7 +97,8 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     k = d.pos.shape[-1]
     edges = np.linspace(lo, hi, k + 1)
     width = edges[1] - edges[0]
-    fig, axes = _figure(3.3 * len(classes), 2.8 * len(rows), ncols=len(classes), nrows=len(rows))
+    fig, axes = _figure(max(3.3 * len(classes), 8.0), 2.8 * len(rows) + 0.4,
+                        ncols=len(classes), nrows=len(rows))
     epoch_end = int(ckpt.get("epoch", 0))      # epochs completed
     for r, (when, pre) in enumerate(rows):
         pos_h = getattr(d, pre + "pos")[s].cpu().numpy()
@@ -127,8 +128,9 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
                 ax.set_ylabel("density", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=6, loc="upper center")
-    fig.suptitle(title or f"{model.method.name}: score distributions of known labels and "
-                 f"per-class thresholds ({source})", fontsize=10)
+    fig.suptitle((title or f"{model.method.name}: score distributions of known labels and "
+                  f"per-class thresholds") + f" ({source}; a class below "
+                 f"{int(d.cfg.min_positives)} known positives gets none)", fontsize=10)
     return _save(fig, png)
 
 
