@@ -96,15 +96,21 @@ def model_from_checkpoint(ckpt: dict, cfg, device):
     return model.to(device).eval()
 
 
-def _model_thresholds(model, path) -> np.ndarray:
-    """The per-class probability thresholds a model learned (SATL), or a clear error."""
-    get = getattr(model.method, "inference_thresholds", None)
+def learned_thresholds(method) -> np.ndarray | None:
+    """The per-class probability thresholds a method learned (SATL), None when it has none."""
+    get = getattr(method, "inference_thresholds", None)
     thr = get() if get is not None else None
+    return None if thr is None else np.asarray(thr, dtype=np.float64)
+
+
+def _model_thresholds(model, path) -> np.ndarray:
+    """The per-class probability thresholds a model learned, or a clear error."""
+    thr = learned_thresholds(model.method)
     if thr is None:
         raise MlrplError(f"{path}: method {model.method.name!r} has no thresholds of its own "
                          f"(per-class thresholds are learned by 'satl'); use --threshold or "
                          f"--thresholds FILE")
-    return np.asarray(thr, dtype=np.float64)
+    return thr
 
 
 def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, threshold=None,
@@ -118,6 +124,8 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     from mlrpl.engine.checkpoint import load_checkpoint
     from mlrpl.engine.experiment import data_root, load_splits, make_dataset
     from mlrpl.engine.trainer import amp_dtype, select_device
+    if thresholds_file is not None and model_thresholds:
+        raise MlrplError("give either a thresholds file or --model-thresholds, not both")
     ckpt = load_checkpoint(path)
     cfg = load_config(None, list(overrides), base=ckpt["config"])
     device = select_device(cfg.train.device)
@@ -130,8 +138,6 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
         raise MlrplError(f"the dataset's classes differ from the checkpoint's "
                          f"({len(ls.classes)} vs {len(ckpt['classes'])})")
     model = model_from_checkpoint(ckpt, cfg, device)
-    if thresholds_file is not None and model_thresholds:
-        raise MlrplError("give either a thresholds file or --model-thresholds, not both")
     learned = _model_thresholds(model, path) if model_thresholds else None
     ds, kept = make_dataset(cfg, ls, None, model.backbone, device, train=False)
     if kept is not None:

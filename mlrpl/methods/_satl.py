@@ -275,6 +275,11 @@ class ScoreDistributions(nn.Module):
             getattr(self, f"start_{name}").copy_(getattr(self, name))
         self.start_epoch.fill_(int(epoch))
 
+    def snapshot_at_start(self, epoch: int, start_epoch: int) -> None:
+        """Take the snapshot when epoch E0 begins (once: a resumed run keeps the saved one)."""
+        if int(epoch) == int(start_epoch) and int(self.start_epoch) < 0:
+            self.snapshot(epoch)
+
     def stats(self, prefix: str = "satl") -> dict[str, float]:
         """Per source: classes with a positive / negative threshold and their mean value."""
         out = {}

@@ -456,9 +456,8 @@ class TransferMethod(SARLMethod):
         return self.distributions is not None
 
     def on_epoch_start(self, trainer, epoch):
-        if (self.uses_satl and epoch == int(self.cfg.start_epoch)
-                and int(self.distributions.start_epoch) < 0):
-            self.distributions.snapshot(epoch)
+        if self.uses_satl:
+            self.distributions.snapshot_at_start(epoch, self.cfg.start_epoch)
 
     def track_intra(self, q_intra: torch.Tensor, target: torch.Tensor) -> None:
         """Add the batch's intra-image scores of known entries to the SATL distributions, each

@@ -171,19 +171,20 @@ class HST(TransferMethod):
         out["contrast"] = instance_contrastive(semantic, target)
         has = self.prototype_valid.any(1)                          # (C,)
         if satl:
+            # Prototypes exist from E0 on, so g (with its graph, for the prototype loss) is
+            # computed once, when pseudo-labelling is on.
+            g = self.prototype_scores(semantic) if bool(has.any()) else None
             self.track_intra(q_intra, target)
-            if bool(has.any()):
-                with torch.no_grad():
-                    g = self.prototype_scores(semantic.detach())
+            if g is not None:
                 self.distributions.update("inter", g, target, has[None].expand_as(target))
-        if not active:
-            return out
-        if satl:
+            if not active:
+                return out
             out["pl_intra"] = self.satl_positives("intra", q_intra, target)
-            if bool(has.any()):
-                g = self.prototype_scores(semantic)
-                out["pl_inter"] = self.satl_positives("inter", g.detach(), target) & has
+            if g is not None:
+                out["pl_inter"] = self.satl_positives("inter", g, target) & has
                 out["proto"] = self.prototype_loss(g, target, has)
+            return out
+        if not active:
             return out
         s_intra = (q_intra - self.threshold_intra).clamp(0, 1)
         out["dtl_intra"] = partial_bce(s_intra, target)

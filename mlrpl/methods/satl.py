@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mlrpl.errors import ConfigError
 from mlrpl.losses import partial_bce
 from mlrpl.methods import register_method
 from mlrpl.methods._sarl import SARLMethod, SARLMethodConfig
@@ -53,7 +54,6 @@ class SATL(SARLMethod):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         if float(cfg.rank_temperature) <= 0:
-            from mlrpl.errors import ConfigError
             raise ConfigError(f"bad value for 'method.rank_temperature': {cfg.rank_temperature}; "
                               f"expected a positive number")
         self.distributions = ScoreDistributions(cfg.satl, ["cls"], ctx.num_classes,
@@ -65,8 +65,7 @@ class SATL(SARLMethod):
         return epoch >= int(self.cfg.start_epoch)
 
     def on_epoch_start(self, trainer, epoch):
-        if epoch == int(self.cfg.start_epoch) and int(self.distributions.start_epoch) < 0:
-            self.distributions.snapshot(epoch)
+        self.distributions.snapshot_at_start(epoch, self.cfg.start_epoch)
 
     def forward(self, features, batch=None):
         out = self.trunk(features)

@@ -47,14 +47,15 @@ def _run_plots(run_dir: Path, plot_dir: Path, name: str, which: str = "last") ->
 def _distribution_plot(run_dir: Path, png: Path, name: str):
     """SATL's figure (score histograms and per-class thresholds) when the run keeps them."""
     from mlrpl.engine.checkpoint import load_checkpoint
-    from mlrpl.reports.satl import load_distributions, plot_score_distributions
-    ckpt = run_dir / "last.pt"
-    if not ckpt.is_file():
+    from mlrpl.reports.satl import has_distributions, load_distributions, plot_score_distributions
+    path = run_dir / "last.pt"
+    if not path.is_file():
         return None
-    if not any(k.startswith("method.distributions.") for k in load_checkpoint(ckpt)["model"]):
+    ckpt = load_checkpoint(path)
+    if not has_distributions(ckpt):
         return None
     try:
-        model, state = load_distributions(ckpt)
+        model, state = load_distributions(path, ckpt)
         return plot_score_distributions(model, state, png, title=f"{name}: score distributions "
                                         f"and per-class thresholds")
     except Exception as e:  # the report goes on without this figure

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +24,23 @@ SCORE_NAMES = {"cls": "classifier probability σ(s)", "intra": "intra-image co-o
                "inter": "cross-image similarity q^inter"}
 
 
-def load_distributions(checkpoint):
-    """(model, checkpoint dict) for a checkpoint whose method keeps SATL distributions."""
+def has_distributions(ckpt: dict) -> bool:
+    """Whether a loaded checkpoint's method keeps SATL score distributions."""
+    return any(k.startswith("method.distributions.") for k in ckpt["model"])
+
+
+def load_distributions(checkpoint, ckpt: dict | None = None):
+    """(model, checkpoint dict) for a checkpoint whose method keeps SATL distributions
+    (``ckpt``: the checkpoint already loaded from that path)."""
     from mlrpl.config import load_config
     from mlrpl.engine.checkpoint import load_checkpoint
     from mlrpl.engine.evaluate import model_from_checkpoint
     path = Path(checkpoint)
-    if not path.is_file():
-        raise MlrplError(f"{path}: checkpoint not found")
-    ckpt = load_checkpoint(path)
-    if not any(k.startswith("method.distributions.") for k in ckpt["model"]):
+    if ckpt is None:
+        if not path.is_file():
+            raise MlrplError(f"{path}: checkpoint not found")
+        ckpt = load_checkpoint(path)
+    if not has_distributions(ckpt):
         raise MlrplError(f"{path}: this model keeps no SATL score distributions (method "
                          f"'satl', or 'sst'/'hst' with method.thresholds=satl)")
     cfg = load_config(None, [], base=ckpt["config"])
@@ -50,12 +58,11 @@ def threshold_table(model, ckpt, path="") -> dict:
             entry["start"] = {"epoch": int(d.start_epoch) + 1,
                               "classes": d.table(classes, s, start=True)}
         sources[s] = entry
-    cfg = d.cfg
+    from mlrpl.engine.evaluate import learned_thresholds
+    from mlrpl.methods._satl import SATLThresholdConfig
     out = {"method": model.method.name, "checkpoint": str(path), "epoch": int(ckpt.get("epoch", 0)),
-           "config": {k: getattr(cfg, k) for k in ("bins", "momentum", "target_precision",
-                                                    "target_npv", "min_positives")}}
-    get = getattr(model.method, "inference_thresholds", None)
-    thr = get() if get is not None else None
+           "config": {f.name: getattr(d.cfg, f.name) for f in fields(SATLThresholdConfig)}}
+    thr = learned_thresholds(model.method)
     if thr is not None:
         out["thresholds"] = {c: float(t) for c, t in zip(classes, thr)}
     out["sources"] = sources
