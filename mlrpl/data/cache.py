@@ -70,6 +70,30 @@ def _collate(batch):
     return imgs, torch.tensor([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
 
 
+def _open_entry(path: Path, shape: tuple) -> np.memmap:
+    """The fp16 feature file, its whole size reserved on disk first.
+
+    Writing into a sparse memory map on a full disk kills the process with SIGBUS and prints
+    nothing; reserving the blocks up front turns a full disk into one clear error, before the
+    long computation."""
+    from mlrpl.files import DiskError, os_error_message
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        del out
+        raise DiskError(os_error_message(e, path.parent.parent) + " (feature cache of "
+                        f"{np.prod(shape) * 2 / 2**20:.0f} MiB; set model.cache_dir to another "
+                        f"disk)") from None
+    except AttributeError:  # no posix_fallocate on this platform
+        pass
+    return out
+
+
 def cached_features(paths: list[str], backbone, transform, cache_dir, backbone_name: str,
                     batch_size: int = 32, device="cpu", num_workers: int = 0,
                     on_bad_image: str = "error", amp_dtype=None, show_progress=None):
@@ -87,7 +111,10 @@ def cached_features(paths: list[str], backbone, transform, cache_dir, backbone_n
         meta = json.loads(meta_file.read_text())
         return (np.load(feats_file, mmap_mode="r"), np.array(meta["valid"], dtype=bool), entry)
 
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    from mlrpl import faults
+    from mlrpl.files import check_writable_dir, disk_errors, remove_stale_temps
+    check_writable_dir(cache_dir, "feature-cache folder (model.cache_dir)", create=True)
+    remove_stale_temps(cache_dir)  # entries half-written by killed runs
     tmp = Path(cache_dir) / f".{key}.{os.getpid()}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -106,18 +133,18 @@ def cached_features(paths: list[str], backbone, transform, cache_dir, backbone_n
                                     enabled=amp_dtype is not None):
                     f = backbone(imgs.to(device)).float()
                 if out is None:
-                    out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+",
-                                                    dtype=np.float16,
-                                                    shape=(len(paths),) + tuple(f.shape[1:]))
+                    out = _open_entry(tmp / "features.npy", (len(paths),) + tuple(f.shape[1:]))
                 out[idx[ok].numpy()] = f.cpu().numpy().astype(np.float16)
+                faults.point("cache.batch")
         if out is None:
             raise DataError("no readable image to cache", path=paths[0] if paths else None)
         out.flush()
         del out
-        (tmp / "meta.json").write_text(json.dumps({
-            "backbone": backbone_name, "weights_digest": digest, "transform": repr(transform),
-            "num_items": len(paths), "valid": valid.tolist(),
-            "bad_images": [p for p, v in zip(paths, valid) if not v]}, indent=1))
+        with disk_errors(tmp / "meta.json"):
+            (tmp / "meta.json").write_text(json.dumps({
+                "backbone": backbone_name, "weights_digest": digest,
+                "transform": repr(transform), "num_items": len(paths), "valid": valid.tolist(),
+                "bad_images": [p for p, v in zip(paths, valid) if not v]}, indent=1))
         try:
             os.replace(tmp, entry)
         except OSError:  # another process finished the same entry first

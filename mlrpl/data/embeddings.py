@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.errors import DataError, require_file
+from mlrpl.data.readers.common import read_lines
 
 
 def _norm(name: str) -> str:
@@ -32,11 +33,28 @@ def load_embedding_file(path) -> tuple[np.ndarray, list[str]]:
         vectors = np.load(npy, allow_pickle=False)
     except ValueError as e:
         raise DataError(f"not a readable .npy array ({e})", path=npy) from None
-    names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+    names = [name for _, name in read_lines(names_file, "label-embedding names")]
     if vectors.ndim != 2 or vectors.shape[0] != len(names):
         raise DataError(f"matrix of shape {vectors.shape} does not match the {len(names)} names "
                         f"of {names_file.name}", path=npy)
+    if not np.issubdtype(vectors.dtype, np.number) or not np.isfinite(vectors).all():
+        raise DataError("label embeddings must be finite numbers (found NaN, inf or a "
+                        "non-numeric dtype)", path=npy)
     return vectors.astype(np.float32), names
+
+
+def embedding_source(origin: str) -> dict:
+    """What the run record keeps about the word vectors: a file with its sha256, or the encoder."""
+    import hashlib
+    if origin.startswith("sentence-encoder:"):
+        return {"kind": "sentence-encoder", "model": origin.split(":", 1)[1]}
+    npy = Path(origin)
+    if npy.name.endswith(".names.txt"):
+        npy = npy.with_name(npy.name[: -len(".names.txt")] + ".npy")
+    elif not npy.name.endswith(".npy"):
+        npy = npy.with_name(npy.name + ".npy")
+    h = hashlib.sha256(npy.read_bytes()).hexdigest() if npy.is_file() else None
+    return {"kind": "file", "path": str(npy.resolve()), "sha256": h}
 
 
 def match_embeddings(vectors: np.ndarray, names: list[str], classes: list[str],
@@ -66,7 +84,7 @@ def find_embedding_file(classes: list[str], search_dirs) -> Path | None:
             names_file = npy.with_name(npy.stem + ".names.txt")
             if not names_file.is_file():
                 continue
-            names = {_norm(n) for n in names_file.read_text().split("\n") if n.strip()}
+            names = {_norm(n) for _, n in read_lines(names_file, "label-embedding names")}
             if all(_norm(c) in names for c in classes):
                 return npy
     return None

@@ -174,26 +174,34 @@ def read_mask_file(path, num_classes: int | None = None, encoding: str = "hcp") 
             raise DataError(f"expected a 2-D (images x classes) array, got shape {arr.shape}",
                             path=path)
         return to_internal(arr, encoding, path=path)
+    from mlrpl.data.readers.common import read_lines
     rows = []
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for ln, line in read_lines(path, "mask file"):
         fields = line.replace(",", " ").split()
         width = num_classes if num_classes is not None else (len(rows[0]) if rows else len(fields))
         if len(fields) != width:
             raise DataError(f"expected {width} values, got {len(fields)}", path=path, line=ln)
-        try:
-            vals = [int(float(x)) for x in fields]
-        except ValueError:
-            raise DataError(f"non-numeric value in {fields}", path=path, line=ln) from None
-        bad = [v for v in vals if v not in (1, -1, 0)]
-        if bad:
-            raise DataError(f"value {bad[0]} outside the 'hcp' encoding (expected 1, -1 or 0)",
-                            path=path, line=ln)
+        vals = []
+        for col, x in enumerate(fields, 1):
+            v = _mask_value(x)
+            if v is None:
+                # Never round: 0.99 truncated to 0 would turn a known positive into unknown.
+                raise DataError(f"value {x!r} in column {col} is outside the 'hcp' encoding "
+                                f"(expected 1, -1 or 0)", path=path, line=ln)
+            vals.append(v)
         rows.append(vals)
     if not rows:
         raise DataError("mask file is empty", path=path)
     return to_internal(np.array(rows), "hcp", path=path)
+
+
+def _mask_value(text: str) -> int | None:
+    """1, -1 or 0 from a text field ("1", "-1", "0", "1.0", "-0"...); None for anything else."""
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return int(v) if v in (1.0, -1.0, 0.0) else None
 
 
 def write_outputs(partial: np.ndarray, record: dict, out, fmt: str = "npy",

@@ -334,10 +334,11 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"weight file not found: {p}")
+    from mlrpl.engine.checkpoint import unreadable_reason
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure becomes a ConfigError
-        raise ConfigError(f"cannot read weight file {p}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - never retried with weights_only=False
+        raise ConfigError(f"cannot read weight file {p}: {unreadable_reason(e)}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):

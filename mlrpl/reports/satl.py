@@ -59,7 +59,7 @@ def threshold_table(model, ckpt, path="") -> dict:
                               "classes": d.table(classes, s, start=True)}
         sources[s] = entry
     from mlrpl.engine.evaluate import learned_thresholds
-    from mlrpl.methods._satl import SATLThresholdConfig
+    from mlrpl.methods.components.distributions import SATLThresholdConfig
     out = {"method": model.method.name, "checkpoint": str(path), "epoch": int(ckpt.get("epoch", 0)),
            "config": {f.name: getattr(d.cfg, f.name) for f in fields(SATLThresholdConfig)}}
     thr = learned_thresholds(model.method)
@@ -84,7 +84,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     """For each chosen class, the normalised histograms of its known positives (red) and known
     negatives (blue) with τ⁺ (red dashed), τ⁻ (blue dashed) and the decision threshold (black):
     top row at the start of pseudo-labelling (epoch E0), bottom row at the checkpoint's epoch."""
-    from mlrpl.methods._satl import SOURCE_RANGES
+    from mlrpl.methods.components.distributions import SOURCE_RANGES
     from mlrpl.reports.plots import _figure, _save
     d = model.method.distributions
     names = list(ckpt["classes"])
@@ -142,8 +142,10 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
 
 
 def _refuse_existing(path, force: bool) -> None:
-    if path is not None and Path(path).exists() and not force:
-        raise MlrplError(f"{path} exists; pass --force to overwrite it")
+    """Checked before any work: the folder exists and is writable, no file is replaced unasked."""
+    if path is not None:
+        from mlrpl.files import check_output
+        check_output(path, force)
 
 
 def export_thresholds(checkpoint, out=None, plot=None, classes=None, source=None,
@@ -154,9 +156,8 @@ def export_thresholds(checkpoint, out=None, plot=None, classes=None, source=None
     model, ckpt = load_distributions(checkpoint)
     text = json.dumps(threshold_table(model, ckpt, checkpoint), indent=1)
     if out is not None:
-        tmp = Path(str(out) + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        from mlrpl.files import atomic_write_text
+        atomic_write_text(out, text + "\n")
     if plot is not None:
         plot_score_distributions(model, ckpt, plot, classes, source)
     return text

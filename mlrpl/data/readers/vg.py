@@ -72,6 +72,8 @@ def read_vg(root, split: str | None = "train", labels_json=None, train_list=None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg}, column {e.colno})", path=json_path,
                         line=e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e})", path=json_path) from None
     if not isinstance(table, dict):
         raise DataError(f"expected an object mapping image names to lists of class indices, "
                         f"got {type(table).__name__}", path=json_path)

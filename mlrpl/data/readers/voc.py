@@ -18,6 +18,7 @@ import numpy as np
 
 from mlrpl.data.labelset import LabelSet
 from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.common import read_lines
 from mlrpl.errors import DataError, require_dir, require_file
 
 VOC_CLASSES = [
@@ -29,24 +30,26 @@ _DIFFICULT = {"negative": -1, "ignore": 0}
 
 
 def _read_ids(path: Path) -> list[str]:
-    ids = []
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
+    """Image ids, one a line; an id listed twice is an error (it would be trained on twice, or
+    land in both parts of a holdout split)."""
+    ids: dict[str, int] = {}
+    for ln, line in read_lines(path, "VOC split list"):
         parts = line.split()
-        if not parts:
-            continue
         if len(parts) != 1:
             raise DataError(f"expected one image id per line, got {len(parts)} fields", path=path,
                             line=ln)
-        ids.append(parts[0])
-    return ids
+        if parts[0] in ids:
+            raise DataError(f"image id {parts[0]!r} listed twice (first on line {ids[parts[0]]})",
+                            path=path, line=ln)
+        ids[parts[0]] = ln
+    return list(ids)
 
 
 def _read_class_file(path: Path) -> dict[str, int]:
-    out = {}
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
+    out: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for ln, line in read_lines(path, "VOC class file"):
         parts = line.split()
-        if not parts:
-            continue
         if len(parts) != 2:
             raise DataError(f"expected '<image id> <1|-1|0>', got {len(parts)} fields", path=path,
                             line=ln)
@@ -56,7 +59,11 @@ def _read_class_file(path: Path) -> dict[str, int]:
             v = None
         if v not in (1, -1, 0):
             raise DataError(f"label {parts[1]!r} is not one of 1, -1, 0", path=path, line=ln)
+        if parts[0] in out:
+            raise DataError(f"image id {parts[0]!r} listed twice (first on line {first[parts[0]]})",
+                            path=path, line=ln)
         out[parts[0]] = v
+        first[parts[0]] = ln
     return out
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from mlrpl.data.labelset import LabelSet
 from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.common import read_lines
 from mlrpl.errors import DataError, require_dir, require_file
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -22,7 +23,9 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 def read_class_yaml(path) -> list[str]:
     path = require_file(path, "class-name YAML")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e})", path=path) from None
     except yaml.YAMLError as e:
         raise DataError(f"malformed YAML ({e})", path=path) from None
     names = doc.get("names") if isinstance(doc, dict) else doc
@@ -62,10 +65,8 @@ def read_yolo(root, split: str | None = None, classes=None) -> LabelSet:
         lab = lab_dir / f"{img.stem}.txt"
         if not lab.is_file():
             continue
-        for ln, line in enumerate(lab.read_text().splitlines(), 1):
+        for ln, line in read_lines(lab, "YOLO label file"):
             parts = line.split()
-            if not parts:
-                continue
             if len(parts) < 5 and len(parts) != 1:
                 raise DataError(f"expected 'class cx cy w h' (5 fields), got {len(parts)}",
                                 path=lab, line=ln)

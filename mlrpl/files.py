@@ -1,0 +1,177 @@
+"""Writing files without losing or half-writing anything.
+
+Every writer of the library follows the same rules:
+
+* an output path is checked **before** the work that produces it (its folder exists and is
+  writable, an existing file is replaced only when asked: ``--force``);
+* the content goes to a temporary name in the same folder (``.<name>.<pid>.tmp``), then is
+  renamed over the target, so a reader never sees half a file;
+* temporary files and folders left by a killed writer are removed by the next run
+  (:func:`remove_stale_temps`: only those whose process is gone);
+* a full or read-only disk is one :class:`~mlrpl.errors.MlrplError` naming the path.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from mlrpl.errors import MlrplError
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+class DiskError(MlrplError):
+    """A file could not be written: full disk, read-only folder, missing folder."""
+
+
+def temp_name(path: str | Path) -> Path:
+    """The temporary name a writer of `path` uses in the same folder (``.<name>.<pid>.tmp``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete ``.<name>.<pid>.tmp`` files and folders in `folder` whose process is gone.
+
+    Returns what was removed. A temp of a live process (another run writing now) is left."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP.match(p.name)
+        if m is None or pid_alive(int(m["pid"])):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def os_error_message(e: OSError, path) -> str:
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return f"{path}: no space left on the device (disk full); free some space and run again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path}: not writable ({e.strerror}); choose a folder you can write to"
+    if e.errno == errno.ENOENT:
+        return f"{path}: folder does not exist"
+    if e.errno == errno.ENOTDIR:
+        return f"{path}: a part of this path is a file, not a folder"
+    return f"{path}: cannot write ({e.strerror or e})"
+
+
+@contextmanager
+def disk_errors(path):
+    """Turn an OSError raised while writing `path` into one clear DiskError."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, MlrplError):
+            raise
+        raise DiskError(os_error_message(e, path)) from None
+
+
+def check_writable_dir(folder: str | Path, what: str = "folder", create: bool = False) -> Path:
+    """`folder` exists (or is created when `create`), is a folder, and a file can be made in it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DiskError(f"{folder}: the {what} is a file, not a folder")
+    if not folder.exists():
+        if not create:
+            raise DiskError(f"{folder}: the {what} does not exist")
+        with disk_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-probe.{os.getpid()}.tmp"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"x")
+    except OSError as e:
+        raise DiskError(os_error_message(e, folder)) from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return folder
+
+
+def check_free_space(folder: str | Path, need_bytes: int, what: str = "output") -> None:
+    """An error when the file system holding `folder` has less than `need_bytes` free."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < need_bytes:
+        raise DiskError(f"{folder}: not enough free space for the {what} (needs about "
+                        f"{_size(need_bytes)}, {_size(free)} free); free some space and run again")
+
+
+def check_output(path, force: bool = False, what: str = "output file") -> Path:
+    """Check an output path before the work that produces it: its folder exists and is writable,
+    and it does not exist yet unless `force`."""
+    path = Path(path)
+    if path.is_dir():
+        raise DiskError(f"{path}: the {what} is a folder; give a file name")
+    if path.exists() and not force:
+        raise DiskError(f"{path}: refusing to overwrite an existing file (pass --force to "
+                        f"replace it)")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), f"folder of the {what}")
+    return path
+
+
+def atomic_write(path, write, mode: str = "wb") -> Path:
+    """Call ``write(fh)`` on a temporary file beside `path`, fsync, rename over `path`."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with disk_errors(path):
+            with open(tmp, mode) as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def save_npy(path, array) -> Path:
+    """``numpy.save`` atomically (no pickled objects)."""
+    import numpy as np
+    return atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
