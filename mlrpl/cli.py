@@ -31,6 +31,16 @@ def _add_dataset_args(p: argparse.ArgumentParser, split_default: str | None = No
     g.add_argument("--classes", default=None, help="class-name file or YAML (csv/npy/yolo)")
     g.add_argument("--reader-option", "-O", action="append", default=[], metavar="KEY=VALUE",
                    help="extra reader option (repeatable), e.g. -O drop_empty=true")
+    g.add_argument("--unknown", action="append", default=None, metavar="TOKEN",
+                   help="csv: a cell token meaning unknown (repeatable; default: the blank cell), "
+                        "e.g. --unknown '?' --unknown NaN")
+    g.add_argument("--positive", action="append", default=None, metavar="TOKEN",
+                   help="csv: a cell token meaning positive (repeatable; default 1)")
+    g.add_argument("--negative", action="append", default=None, metavar="TOKEN",
+                   help="csv: a cell token meaning negative (repeatable; default 0 and -1)")
+    g.add_argument("--absent", choices=["negative", "unknown"], default=None,
+                   help="csv list layout (image,labels): a class not listed is a negative "
+                        "(default) or unknown")
 
 
 def _parse_value(text: str):
@@ -55,6 +65,12 @@ def _read_from_args(args):
         opts["encoding"] = args.encoding
     if args.classes is not None:
         opts["classes"] = args.classes
+    for key in ("unknown", "positive", "negative", "absent"):
+        value = getattr(args, key, None)
+        if value is not None:
+            if args.dataset != "csv":
+                raise DataError(f"--{key} applies to csv files only", field=f"--{key}")
+            opts[key] = value
     return read_dataset(args.dataset, args.root, args.split, **opts)
 
 
@@ -99,6 +115,10 @@ def cmd_data_inspect(args) -> int:
     ls = _read_from_args(args)
     labels = _load_mask_for(ls, args)
     s = label_summary(labels, ls.classes)
+    pc = s["per_class"]
+    s["evaluable_classes"] = [c for c in ls.classes
+                              if pc[c]["positive"] > 0 and pc[c]["negative"] > 0]
+    s["classes_without_known_positive"] = [c for c in ls.classes if pc[c]["positive"] == 0]
     s["source"] = ls.source
     s["label_hash"] = ls.label_hash()
     if args.json:
@@ -106,16 +126,24 @@ def cmd_data_inspect(args) -> int:
         return 0
     print(f"{ls.source}: {s['num_images']} images x {s['num_classes']} classes"
           + (f" (partial labels from {args.mask})" if args.mask else ""))
-    w = max(len(c) for c in ls.classes)
-    print(f"{'class':<{w}}  {'positive':>8}  {'negative':>8}  {'unknown':>8}")
+    w = max(len(c) for c in ls.classes + ["class"])
+    print(f"{'class':<{w}}  {'positive':>8}  {'negative':>8}  {'unknown':>8}  evaluable")
     for c, v in s["per_class"].items():
-        print(f"{c:<{w}}  {v['positive']:>8}  {v['negative']:>8}  {v['unknown']:>8}")
+        ok = "yes" if c in s["evaluable_classes"] else "no"
+        print(f"{c:<{w}}  {v['positive']:>8}  {v['negative']:>8}  {v['unknown']:>8}  {ok}")
     pos_per_image = (labels == 1).sum(1)
-    print(f"known entries: {s['known_entries']} of {s['total_entries']}")
+    print(f"known entries: {s['known_entries']} of {s['total_entries']} "
+          f"({s['unknown_entries']} unknown)")
+    print(f"evaluable classes (a known positive and a known negative): "
+          f"{len(s['evaluable_classes'])} of {s['num_classes']}")
     print(f"positives per image: mean {pos_per_image.mean():.2f}, max {pos_per_image.max()}, "
           f"histogram {{{', '.join(f'{int(k)}: {int(v)}' for k, v in zip(*np.unique(pos_per_image, return_counts=True)))}}}")
     print(f"images without any positive: {s['images_without_known_positive']}")
     print(f"images without any known label: {s['images_without_known_label']}")
+    if s["classes_without_known_positive"]:
+        print(f"warning: {len(s['classes_without_known_positive'])} class(es) have no known "
+              f"positive (nothing to learn them from, and no AP): "
+              f"{', '.join(s['classes_without_known_positive'])}", file=sys.stderr)
     return 0
 
 
@@ -318,6 +346,163 @@ def _add_sweep_parsers(sub) -> None:
     rp.set_defaults(func=cmd_report)
 
 
+# ---- deployment: predict, tune-thresholds, export, model bundle ------------------------------------
+def cmd_predict(args) -> int:
+    import csv
+    import os
+    from mlrpl.predict import Predictor, decide, expand_inputs
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.suffix not in (".csv", ".jsonl"):
+            raise MlrplError(f"--out {out}: expected a .csv or .jsonl file")
+        if out.exists() and not args.force:
+            raise MlrplError(f"{out}: refusing to overwrite an existing file (pass --force)")
+    if args.topk is not None and args.topk < 1:
+        raise MlrplError(f"--topk {args.topk}: expected a positive integer")
+    paths = expand_inputs(args.images)            # a missing path stops here, nothing written
+    pred = Predictor.from_checkpoint(args.checkpoint, "cpu", args.thresholds,
+                                     args.backbone_weights)
+    show = None if args.progress == "auto" else args.progress == "always"
+    probs, errors = pred.predict_proba([str(p) for p in paths], batch_size=args.batch_size,
+                                       show_progress=show, on_error="skip")
+    classes, thr = pred.classes, pred.thresholds
+    rows = []
+    for i, p in enumerate(paths):
+        if i in errors:
+            continue
+        rows.append((str(p), decide(probs[i], thr, classes, args.topk), probs[i]))
+    fh = sys.stdout
+    tmp = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        fh = open(tmp, "w", newline="")
+    try:
+        if out is not None and out.suffix == ".jsonl":
+            for path, labels, pr in rows:
+                fh.write(json.dumps({"path": path, "labels": labels, "probabilities":
+                                     {c: round(float(v), 6) for c, v in zip(classes, pr)}}) + "\n")
+        else:
+            w = csv.writer(fh)
+            w.writerow(["path", "labels", *classes])
+            for path, labels, pr in rows:
+                w.writerow([path, ";".join(labels), *(f"{float(v):.6f}" for v in pr)])
+    finally:
+        if tmp is not None:
+            fh.close()
+    if tmp is not None:
+        tmp.replace(out)
+    for i, msg in sorted(errors.items()):
+        print(f"mlrpl: warning: {msg}", file=sys.stderr)
+    print(f"predicted {len(rows)} of {len(paths)} images with {pred.thresholds_source} "
+          f"thresholds" + (f" -> {out}" if out else "")
+          + (f"; {len(errors)} unreadable (listed above)" if errors else ""), file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_tune_thresholds(args) -> int:
+    from mlrpl.thresholds import tune_checkpoint
+    if args.out and Path(args.out).exists() and not args.force:
+        raise MlrplError(f"{args.out}: refusing to overwrite an existing file (pass --force)")
+    if args.min_positives < 1:
+        raise MlrplError(f"--min-positives {args.min_positives}: expected at least 1")
+    r = tune_checkpoint(args.checkpoint, split=args.split, overrides=args.overrides,
+                        min_positives=args.min_positives, out=args.out,
+                        backbone_weights=args.backbone_weights)
+    res = r["result"]
+    print(f"{r['dataset']}: {r['num_images']} images; per-class thresholds maximising F1 on "
+          f"known labels (min {args.min_positives} known positives, else the global "
+          f"{res['global_threshold']:.3f})")
+    w = max(len(c) for c in r["classes"] + ["class"])
+    print(f"{'class':<{w}}  threshold  source  F1@thr  F1@0.5  pos  neg")
+    for row in res["per_class"]:
+        print(f"{row['class']:<{w}}  {row['threshold']:9.3f}  {row['source']:<6}  "
+              f"{row['f1']:6.3f}  {row['f1_at_0.5']:6.3f}  {row['positives']:>3}  "
+              f"{row['negatives']:>3}")
+    md, mt = r["metrics_default"], r["metrics_tuned"]
+    print(f"on this split (optimistic: tuned on it): CF1 {md['CF1']:.2f} -> {mt['CF1']:.2f}, "
+          f"OF1 {md['OF1']:.2f} -> {mt['OF1']:.2f} (threshold 0.5 -> tuned)")
+    print(f"wrote {r['path']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mlrpl.export import export_model
+    rep = export_model(args.checkpoint, args.out, args.format, thresholds=args.thresholds,
+                       images=args.images, tolerance=args.tolerance, force=args.force,
+                       opset=args.opset, backbone_weights=args.backbone_weights)
+    print(f"wrote {rep['out']}: {', '.join(rep['files'])} ({rep['seconds']:.1f}s; thresholds "
+          f"{rep['thresholds']})")
+    return 0
+
+
+def cmd_model_bundle(args) -> int:
+    from mlrpl.predict import write_bundle
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".bundle.pt")
+    path = write_bundle(ckpt, out, force=args.force, backbone_weights=args.backbone_weights)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): opens offline, without the "
+          f"original weight file")
+    return 0
+
+
+def _add_deploy_parsers(sub) -> None:
+    thr_help = ("auto (default: the model's tuned or learned thresholds, else 0.5) | model | "
+                "tuned | learned | a number | a thresholds file (.json/.npy)")
+    bw_help = "the frozen backbone's weight file, when the checkpoint only references it"
+    pr = sub.add_parser("predict", help="predict labels of images or folders")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint or bundle")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.add_argument("--thresholds", default="auto", help=thr_help)
+    pr.add_argument("--topk", type=int, default=None,
+                    help="at most K labels per image (the highest that pass their threshold)")
+    pr.add_argument("--out", default=None, help="preds.csv or preds.jsonl (default: CSV on stdout)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    pr.add_argument("--backbone-weights", default=None, help=bw_help)
+    pr.add_argument("--force", action="store_true", help="overwrite --out")
+    pr.set_defaults(func=cmd_predict)
+
+    tt = sub.add_parser("tune-thresholds", help="per-class thresholds maximising F1 on a "
+                                                "labelled split (known labels only)")
+    tt.add_argument("--checkpoint", required=True)
+    tt.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="data overrides, e.g. data.val_root=val.csv")
+    tt.add_argument("--split", default=None, help="labelled split (default: the evaluation split)")
+    tt.add_argument("--min-positives", type=int, default=5,
+                    help="fewer known positives than this: the global threshold (default 5)")
+    tt.add_argument("--out", default=None, help="JSON (default: <checkpoint>.thresholds.json, "
+                                                "read by predict/export/load)")
+    tt.add_argument("--backbone-weights", default=None, help=bw_help)
+    tt.add_argument("--force", action="store_true", help="overwrite --out")
+    tt.set_defaults(func=cmd_tune_thresholds)
+
+    ex = sub.add_parser("export", help="export a model for deployment (ONNX)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", choices=["onnx", "torch-export"], default="onnx")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--thresholds", default="auto", help=thr_help)
+    ex.add_argument("--images", nargs="+", default=None,
+                    help="real images to check the export on (default: the evaluation split)")
+    ex.add_argument("--tolerance", type=float, default=1e-4,
+                    help="largest allowed probability difference from PyTorch")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--backbone-weights", default=None, help=bw_help)
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
+
+    mo = sub.add_parser("model", help="model files: bundle")
+    msub = mo.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+    mb = msub.add_parser("bundle", help="a self-contained checkpoint (backbone weights and "
+                                        "tuned thresholds inside; no optimiser state)")
+    mb.add_argument("--checkpoint", required=True)
+    mb.add_argument("--out", default=None, help="default: <checkpoint>.bundle.pt")
+    mb.add_argument("--backbone-weights", default=None, help=bw_help)
+    mb.add_argument("--force", action="store_true")
+    mb.set_defaults(func=cmd_model_bundle)
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlrpl", description=__doc__.split("\n")[0])
@@ -415,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=cmd_demo)
 
     _add_sweep_parsers(sub)
+    _add_deploy_parsers(sub)
     return p
 
 

@@ -25,7 +25,8 @@ class DataConfig:
     root: str = "${oc.env:MLRPL_DATA,data}/coco128"
     train_split: Optional[str] = "train2017"
     val_split: Optional[str] = "val2017"   # null: hold out `holdout` of the train split
-    holdout: float = 0.2             # used when val_split is null
+    val_root: Optional[str] = None   # evaluation labels in another file / root than `root`
+    holdout: float = 0.2             # used when val_split is null (and no val_root)
     split_seed: int = 0              # seed of that holdout split (fixed across experiment seeds)
     reader_options: dict = field(default_factory=dict)
     known_proportion: float = 1.0    # p of the partial-label protocol
@@ -33,6 +34,8 @@ class DataConfig:
     fpc_n: Optional[int] = None
     mask_seed: Optional[int] = None  # null: `seed`
     mask_file: Optional[str] = None  # a published / saved mask instead of simulating
+    # Labels that already hold unknowns are used as they are; true lets the protocol hide more.
+    simulate_on_partial: bool = False
     image_size: int = 448
     embeddings: Optional[str] = None  # .npy with .names.txt beside it; null: search, then encoder
     on_bad_image: str = "error"      # error | skip

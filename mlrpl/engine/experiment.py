@@ -46,23 +46,67 @@ def data_root(root: str) -> str:
 
 
 def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
-    """Train and evaluation LabelSets (full labels). With ``data.val_split: null`` a seeded
-    holdout (``data.holdout`` of the train split, drawn with ``data.split_seed``) is used."""
+    """Train and evaluation LabelSets (full labels).
+
+    The evaluation labels come from ``data.val_root`` (another file or root, read with
+    ``data.val_split``), else from ``data.val_split`` of ``data.root``, else from a seeded holdout
+    (``data.holdout`` of the train split, drawn with ``data.split_seed``). A file with a ``split``
+    column needs its splits named. Train and evaluation items that overlap (same image path or
+    id) are an error naming a few of them."""
     d = cfg.data
     opts = dict(d.reader_options or {})
     train = read_dataset(d.dataset, data_root(d.root), d.train_split, **opts)
-    if d.val_split is not None:
-        val = read_dataset(d.dataset, data_root(d.root), d.val_split, **opts)
-        if val.classes != train.classes:
-            raise DataError(f"the classes of split {d.val_split!r} differ from those of "
-                            f"{d.train_split!r}", path=d.root)
-        return train, val
-    if not 0.0 < d.holdout < 1.0:
-        raise ConfigError(f"bad value for 'data.holdout': {d.holdout}; expected a fraction in (0, 1)")
-    perm = np.random.default_rng(d.split_seed).permutation(len(train))
-    n_val = max(1, int(round(d.holdout * len(train))))
-    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return train.subset(train_idx), train.subset(val_idx)
+    vopts = dict(opts)
+    if d.dataset == "csv" and "classes" not in vopts:
+        vopts["classes"] = list(train.classes)   # a name outside them is an error, by line
+    if train.meta.get("tokens") and not {"positive", "negative", "unknown"} & set(vopts):
+        vopts.update(train.meta["tokens"])       # read the same tokens the same way
+    val_root = getattr(d, "val_root", None)
+    if val_root:
+        val = read_dataset(d.dataset, data_root(val_root), d.val_split, **vopts)
+        where = f"{val_root}" + (f" split {d.val_split!r}" if d.val_split else "")
+    elif d.val_split is not None:
+        val = read_dataset(d.dataset, data_root(d.root), d.val_split, **vopts)
+        where = f"split {d.val_split!r}"
+    else:
+        splits = train.meta.get("splits")
+        if d.train_split is None and splits is not None:
+            raise ConfigError(f"{d.root}: the file has a 'split' column (values "
+                              f"{sorted(set(splits))}); name the splits with data.train_split "
+                              f"and data.val_split")
+        if not 0.0 < d.holdout < 1.0:
+            raise ConfigError(f"bad value for 'data.holdout': {d.holdout}; expected a fraction "
+                              f"in (0, 1)")
+        perm = np.random.default_rng(d.split_seed).permutation(len(train))
+        n_val = max(1, int(round(d.holdout * len(train))))
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        return train.subset(train_idx), train.subset(val_idx)
+    if val.classes != train.classes:
+        raise DataError(f"the classes of {where} differ from those of the training split: "
+                        f"{_class_difference(train.classes, val.classes)}", path=d.root)
+    check_no_overlap(train, val)
+    return train, val
+
+
+def _class_difference(a: list[str], b: list[str]) -> str:
+    only_a = [c for c in a if c not in b]
+    only_b = [c for c in b if c not in a]
+    if not only_a and not only_b:
+        return "same names in another order"
+    return f"only in the first: {only_a[:5]}; only in the second: {only_b[:5]}"
+
+
+def check_no_overlap(train: LabelSet, val: LabelSet) -> None:
+    """Raise a DataError when an image is both a training and an evaluation item."""
+    def keys(ls):
+        return {os.path.normpath(os.path.abspath(str(p))): item
+                for p, item in zip(ls.paths(), ls.items)}
+    kt, kv = keys(train), keys(val)
+    both = sorted(set(kt) & set(kv))
+    if both:
+        raise DataError(f"{len(both)} evaluation image(s) are also training images, e.g. "
+                        f"{[kv[k] for k in both[:3]]}: evaluation would measure memory; "
+                        f"give disjoint splits", path=val.source.split(":", 1)[-1] or None)
 
 
 def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray, dict]:
@@ -83,6 +127,7 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
         record = provenance(partial, train.labels, train.classes, d.protocol, p=1.0,
                             source=train.source)
     else:
+        check_may_hide_real_labels(cfg, train)
         seed = cfg.seed if d.mask_seed is None else d.mask_seed
         partial = simulate(train.labels, d.protocol, p=d.known_proportion, seed=seed, n=d.fpc_n)
         record = provenance(partial, train.labels, train.classes, d.protocol, p=d.known_proportion,
@@ -90,6 +135,25 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
     if run_dir is not None and dist.is_main():
         write_outputs(partial, record, run_dir / "mask.npy", "npy", overwrite=True)
     return partial, record
+
+
+def check_may_hide_real_labels(cfg, train: LabelSet) -> None:
+    """Labels that already hold unknowns are real partial labels: a protocol that would hide
+    some of them (a preset's known_proportion, say) needs ``data.simulate_on_partial=true``."""
+    d = cfg.data
+    n_unknown = int((train.labels == 0).sum())
+    # Only the user's own label files: a benchmark reader's 0 means "ignored" (VOC difficult),
+    # part of the published protocol.
+    own = train.source.startswith(("csv:", "npy:"))
+    if n_unknown == 0 or d.simulate_on_partial or not own:
+        return
+    what = (f"data.known_proportion={d.known_proportion} ({d.protocol})"
+            if d.protocol in ("hcp", "rps") else f"data.protocol={d.protocol}")
+    raise ConfigError(
+        f"{d.root}: the training labels already hold {n_unknown} unknown entries of "
+        f"{train.labels.size} (real partial labels), and {what} would hide some of the known "
+        f"ones as well. Set data.known_proportion=1 (or data.protocol=full) to train on them as "
+        f"they are, or data.simulate_on_partial=true to hide more on purpose")
 
 
 # ---- model ------------------------------------------------------------------------------------

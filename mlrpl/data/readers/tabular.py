@@ -1,26 +1,39 @@
-"""Generic tabular label files: CSV (two layouts) and dense ``.npy`` matrices.
+"""Generic tabular label files: CSV (three layouts) and dense ``.npy`` matrices.
 
 CSV (reader ``csv``)
 --------------------
 ``root`` is the csv file, or a directory holding ``<split>.csv``. The layout is told by the
 header (first line):
 
+* **wide layout** -- header ``image,<class 1>,<class 2>,...``, one cell per class and row. A
+  cell is a *token*: a positive, a negative or an unknown. By default the unknown token is the
+  blank cell, the positive ``1`` and the negatives ``0`` and ``-1`` (a file holding both ``0`` and
+  ``-1`` beside blanks is ambiguous and needs ``negative=``). ``positive=``, ``negative=`` and
+  ``unknown=`` (a token or a list of tokens; e.g. ``unknown="?"``, ``"-1"``, ``"NaN"``) name them
+  explicitly; a cell that is none of them is an error naming the line and the class. Numeric
+  tokens compare as numbers (``1.0`` is ``1``), others without case (``NaN`` is ``nan``).
+  ``encoding=`` (``hcp``: +1/-1/0, ``asl``: 1/0/-1; see :mod:`mlrpl.data.encoding`) reads the
+  cells as one of the two integer encodings instead (blank cells are then unknown too). A file
+  without blanks that holds a 0 is ambiguous between the two encodings and needs ``encoding=``;
+  one of only 1 and -1 reads as ``hcp``. With ``classes=`` given, the header must name the same
+  classes; the columns are put in the order of ``classes``.
+* **long layout** -- header ``image,label,value`` (``label`` may be called ``class``): one row per
+  annotated (image, class) pair, the value a positive or negative token as above (an explicit
+  unknown token is allowed too). A pair that has no row is unknown: the OpenImages convention.
 * **list layout** -- header ``image,labels`` or ``image,labels,unknown``. ``labels`` holds the
   ``;``-separated names of the positive classes, ``unknown`` (optional) the ``;``-separated names
-  of the classes whose label is unknown (0); every other class is a negative. The classes are
-  ``classes=`` (a list, or a text file with one name a line, or a YAML with ``names:``) or else
-  the sorted union of the names seen in the file. With ``classes=`` given, a name outside them is
-  an error (with a close-match suggestion).
-* **dense layout** -- header ``image,<class 1>,<class 2>,...``, one value per class and row, in
-  the encoding named by ``encoding=`` (``hcp``: +1/-1/0, ``asl``: 1/0/-1; see
-  :mod:`mlrpl.data.encoding`). Both encodings use the values {1, 0, -1} and differ in what 0 and
-  -1 mean, so a file holding any 0 is ambiguous and ``encoding=`` is required for it; a file of
-  only 1 and -1 is read as ``hcp`` (+1 positive, -1 negative) when ``encoding=`` is not given.
-  With ``classes=`` given, the header must name the same classes; the columns are put in the
-  order of ``classes``.
+  of the classes whose label is unknown; every other class is a negative, or with
+  ``absent="unknown"`` an unknown (lists of positives only).
 
-A header of exactly ``image,labels`` is always the list layout. Blank lines are skipped. Items
-are the ``image`` column, relative to the csv's directory (or to ``image_root=``).
+For the long and list layouts the classes are ``classes=`` (a list, or a text file with one name a
+line, or a YAML with ``names:``) or else the sorted union of the names seen in the file; with
+``classes=`` given, a name outside them is an error (with a close-match suggestion).
+
+Any layout may carry a ``split`` column (e.g. ``train`` / ``val``): ``split=`` then keeps the rows
+of that split. A split given for a single file without that column is an error (the file is one
+split: hold part of it out, or give the evaluation file separately). An image listed twice (an
+(image, class) pair, in the long layout) is an error naming both lines. Blank lines are skipped.
+Items are the ``image`` column, relative to the csv's directory (or to ``image_root=``).
 
 NPY (reader ``npy``)
 --------------------
@@ -39,26 +52,37 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrpl.data.encoding import ENCODINGS, check_encoding, to_internal
+from mlrpl.data.encoding import ENCODINGS, NEG, POS, UNK, check_encoding, to_internal
 from mlrpl.data.labelset import LabelSet
 from mlrpl.data.readers import register_reader
 from mlrpl.data.readers.common import read_lines, read_names
 from mlrpl.errors import DataError, require_file
 
 _LIST_HEADERS = (["image", "labels"], ["image", "labels", "unknown"])
+_LONG_HEADERS = (["image", "label", "value"], ["image", "class", "value"])
 _ALL_VALUES = sorted({v for enc in ENCODINGS.values() for v in enc})
+ABSENT_CHOICES = ("negative", "unknown")
 
 
 # ---- shared helpers --------------------------------------------------------------------------
-def _find_file(root, split: str | None, suffix: str, what: str) -> Path:
+def _find_file(root, split: str | None, suffix: str, what: str) -> tuple[Path, bool]:
+    """The file to read and whether it was picked by `split` (``<root>/<split><suffix>``)."""
     root = Path(root)
     if root.is_dir():
         if not split:
             raise DataError(f"{root} is a directory: give split= to read <split>{suffix} from it, "
                             f"or give the {what} itself", path=root)
         name = split if split.endswith(suffix) else f"{split}{suffix}"
-        return require_file(root / name, what)
-    return require_file(root, what)
+        return require_file(root / name, what), True
+    return require_file(root, what), False
+
+
+def single_file_split_error(path, split: str) -> DataError:
+    return DataError(
+        f"split {split!r} given for a dataset that is one file without a 'split' column: the file "
+        f"is a single split. Set data.train_split=null and data.val_split=null to evaluate on a "
+        f"seeded holdout (data.holdout), give the evaluation labels as a second file "
+        f"(data.val_root=FILE), or add a 'split' column to the file", path=path, field="split")
 
 
 def _class_list(classes) -> list[str]:
@@ -85,27 +109,114 @@ def _split_names(cell: str) -> list[str]:
     return [x.strip() for x in cell.split(";") if x.strip()]
 
 
+# ---- tokens ---------------------------------------------------------------------------------
+def norm_token(text) -> str:
+    """A cell as a comparable token: numbers by value (``1.0`` -> ``1``), text without case."""
+    t = str(text).strip()
+    try:
+        v = float(t)
+    except ValueError:
+        return t.lower()
+    if math.isnan(v):
+        return "nan"
+    if math.isfinite(v) and v == int(v):
+        return str(int(v))
+    return t.lower()
+
+
+def _token_set(value, what: str) -> set[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, set)):
+        return {norm_token(v) for v in value}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {norm_token(value)}
+    text = str(value)
+    # "?,NaN" names two tokens; a lone "" is the blank cell.
+    return {norm_token(v) for v in text.split(",")} if "," in text else {norm_token(text)}
+
+
+class Tokens:
+    """Which cell tokens mean positive, negative and unknown (see the module docstring)."""
+
+    def __init__(self, positive=None, negative=None, unknown=None):
+        self.explicit = any(v is not None for v in (positive, negative, unknown))
+        self.unknown = _token_set(unknown, "unknown") if unknown is not None else {""}
+        self.positive = (_token_set(positive, "positive") if positive is not None
+                         else {"1"} - self.unknown)
+        self.negative = (_token_set(negative, "negative") if negative is not None
+                         else {"0", "-1"} - self.unknown)
+        for a, b in (("positive", "negative"), ("positive", "unknown"), ("negative", "unknown")):
+            both = getattr(self, a) & getattr(self, b)
+            if both:
+                raise DataError(f"token {sorted(both)[0]!r} is named both {a} and {b}",
+                                field=f"--{a}")
+
+    def as_options(self) -> dict:
+        """Reader options that read another file (an evaluation split) the same way."""
+        return {"positive": sorted(self.positive), "negative": sorted(self.negative),
+                "unknown": sorted(self.unknown)}
+
+    def describe(self) -> str:
+        def show(s):
+            return ", ".join(repr(t) if t else "'' (blank)" for t in sorted(s)) or "none"
+        return (f"positive ({show(self.positive)}), negative ({show(self.negative)}) nor "
+                f"unknown ({show(self.unknown)})")
+
+    def value(self, cell: str, path, ln: int, field: str) -> int:
+        t = norm_token(cell)
+        if t in self.positive:
+            return POS
+        if t in self.negative:
+            return NEG
+        if t in self.unknown:
+            return UNK
+        raise DataError(f"value {cell.strip()!r} is neither {self.describe()}; name the tokens "
+                        f"with --positive/--negative/--unknown (reader options positive=, "
+                        f"negative=, unknown=)", path=path, line=ln, field=field)
+
+
 # ---- csv ------------------------------------------------------------------------------------
 def read_csv(root, split: str | None = None, classes=None, encoding: str | None = None,
-             image_root=None) -> LabelSet:
-    """Read a label CSV (list or dense layout, see the module docstring).
+             image_root=None, positive=None, negative=None, unknown=None,
+             absent: str = "negative") -> LabelSet:
+    """Read a label CSV (wide, long or list layout, see the module docstring).
 
     Parameters
     ----------
     root : path
         The csv file, or a directory with ``<split>.csv``.
+    split : str, optional
+        With a directory: the file ``<split>.csv``. With a file: the rows whose ``split`` column
+        holds it (an error when the file has no such column).
     classes : list of str or path, optional
-        The classes (list layout: required set of names, else the union seen; dense layout: the
-        header must name them, columns are reordered to them).
+        The classes (long/list layouts: the set of names allowed, else the union seen; wide
+        layout: the header must name them, columns are reordered to them).
     encoding : {"hcp", "asl"}, optional
-        The dense layout's encoding; required when the file holds 0 values. Unused by the list
-        layout.
+        Read the cells as integers in this encoding (wide and long layouts).
+    positive, negative, unknown : str or list of str, optional
+        The cell tokens of each kind (default ``1``; ``0`` and ``-1``; the blank cell).
+    absent : {"negative", "unknown"}
+        List layout: what a class that is not listed is.
     image_root : path, optional
         What the items are relative to; default the csv's directory.
+
+    Returns
+    -------
+    LabelSet
+        ``labels`` (N, C) int8: +1 positive, -1 negative, 0 unknown. ``meta`` has the layout,
+        the encoding or tokens, and ``splits`` (the split column's values) when there is one.
     """
-    path = _find_file(root, split, ".csv", "label CSV")
+    path, by_split = _find_file(root, split, ".csv", "label CSV")
     if encoding is not None:
         check_encoding(encoding)
+    if absent not in ABSENT_CHOICES:
+        raise DataError(f"absent={absent!r}; expected one of {list(ABSENT_CHOICES)}",
+                        field="absent")
+    tokens = Tokens(positive, negative, unknown)
+    if encoding is not None and (positive is not None or negative is not None):
+        raise DataError("give either encoding= or positive=/negative= tokens, not both",
+                        path=path, field="encoding")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -123,25 +234,59 @@ def read_csv(root, split: str | None = None, classes=None, encoding: str | None 
     except csv.Error as e:
         raise DataError(f"malformed CSV ({e})", path=path) from None
     if header is None:
-        raise DataError("empty file; expected a header 'image,labels' or 'image,<class>,...'",
-                        path=path)
+        raise DataError("empty file; expected a header 'image,labels', 'image,label,value' or "
+                        "'image,<class>,...'", path=path)
     cols, header_line = header
     if len(cols) < 2 or cols[0].lower() != "image":
-        raise DataError(f"header {','.join(cols)!r}: expected 'image,labels[,unknown]' (list "
-                        f"layout) or 'image,<class 1>,<class 2>,...' (dense layout)", path=path,
-                        line=header_line)
+        raise DataError(f"header {','.join(cols)!r}: expected 'image,<class 1>,<class 2>,...' "
+                        f"(wide layout), 'image,label,value' (long layout) or "
+                        f"'image,labels[,unknown]' (list layout)", path=path, line=header_line)
+
+    # An optional split column: take it out, keep the rows of the split asked for.
     lowered = [c.lower() for c in cols]
+    splits = None
+    if "split" in lowered[1:]:
+        j = lowered.index("split", 1)
+        header_text = ",".join(cols)
+        for ln, row in rows:
+            _check_width(path, ln, row, len(cols), header_text)
+        splits = [row[j].strip() for _, row in rows]
+        rows = [(ln, row[:j] + row[j + 1:]) for ln, row in rows]
+        cols = cols[:j] + cols[j + 1:]
+        lowered = lowered[:j] + lowered[j + 1:]
+        if split is not None and not by_split:
+            present = sorted(set(splits))
+            if split not in present:
+                raise DataError(f"split {split!r} not found in the 'split' column (it holds "
+                                f"{present})", path=path, field="split")
+            rows = [r for r, s in zip(rows, splits) if s == split]
+            splits = [split] * len(rows)
+    elif split is not None and not by_split:
+        raise single_file_split_error(path, split)
+
     root_dir = str(Path(image_root) if image_root is not None else path.parent)
+    meta: dict = {}
     if lowered in _LIST_HEADERS:
-        items, names, labels = _read_list_layout(path, rows, len(cols), classes)
-        layout = "list"
-        used_encoding = None
+        items, names, labels = _read_list_layout(path, rows, len(cols), classes, absent)
+        meta.update(layout="list", encoding=None, absent=absent)
+    elif lowered in _LONG_HEADERS:
+        items, names, labels = _read_long_layout(path, rows, classes, encoding, tokens)
+        meta.update(layout="long", encoding=encoding)
     else:
-        items, names, labels, used_encoding = _read_dense_layout(path, cols, header_line, rows,
-                                                                 classes, encoding)
-        layout = "dense"
-    return LabelSet(items, names, labels, root=root_dir, source=f"csv:{path}",
-                    meta={"layout": layout, "encoding": used_encoding})
+        items, names, labels, used = _read_wide_layout(path, cols, header_line, rows, classes,
+                                                       encoding, tokens)
+        if isinstance(used, Tokens):
+            meta.update(layout="dense", encoding=None, tokens=used.as_options())
+        else:
+            meta.update(layout="dense", encoding=used)
+    if splits is not None and lowered not in _LONG_HEADERS:
+        meta["splits"] = splits
+    elif splits is not None:
+        first = {}
+        for (ln, row), s in zip(rows, splits):
+            first.setdefault(row[0].strip(), s)
+        meta["splits"] = [first[i] for i in items]
+    return LabelSet(items, names, labels, root=root_dir, source=f"csv:{path}", meta=meta)
 
 
 def _check_width(path: Path, ln: int, row: list[str], width: int, header: str):
@@ -157,7 +302,17 @@ def _image_cell(path: Path, ln: int, row: list[str]) -> str:
     return image
 
 
-def _read_list_layout(path: Path, rows, width: int, classes):
+def _check_unique_images(path: Path, parsed_images: list[tuple[int, str]]):
+    """An image listed twice is an error naming it and both lines (which labels would win?)."""
+    seen: dict[str, int] = {}
+    for ln, image in parsed_images:
+        if image in seen:
+            raise DataError(f"image {image!r} is listed twice (lines {seen[image]} and {ln}); "
+                            f"give each image one row", path=path, line=ln, field="image")
+        seen[image] = ln
+
+
+def _read_list_layout(path: Path, rows, width: int, classes, absent: str = "negative"):
     header = "image,labels" + (",unknown" if width == 3 else "")
     parsed = []
     for ln, row in rows:
@@ -169,14 +324,16 @@ def _read_list_layout(path: Path, rows, width: int, classes):
             raise DataError(f"class {both[0]!r} listed both in 'labels' and in 'unknown'",
                             path=path, line=ln)
         parsed.append((ln, _image_cell(path, ln, row), pos, unk))
+    _check_unique_images(path, [(ln, image) for ln, image, _, _ in parsed])
     if classes is not None:
         names = _class_list(classes)
     else:
         names = sorted({c for _, _, pos, unk in parsed for c in pos + unk})
     col = {c: j for j, c in enumerate(names)}
-    labels = np.full((len(parsed), len(names)), -1, dtype=np.int8)
+    fill = NEG if absent == "negative" else UNK
+    labels = np.full((len(parsed), len(names)), fill, dtype=np.int8)
     for n, (ln, _, pos, unk) in enumerate(parsed):
-        for field, group, value in (("labels", pos, 1), ("unknown", unk, 0)):
+        for field, group, value in (("labels", pos, POS), ("unknown", unk, UNK)):
             for c in group:
                 if c not in col:
                     raise DataError(f"unknown class name {c!r}{_suggest(c, names)} (the classes "
@@ -184,6 +341,49 @@ def _read_list_layout(path: Path, rows, width: int, classes):
                                     path=path, line=ln, field=field)
                 labels[n, col[c]] = value
     return [image for _, image, _, _ in parsed], names, labels
+
+
+def _read_long_layout(path: Path, rows, classes, encoding, tokens: Tokens):
+    header = "image,label,value"
+    order: dict[str, int] = {}
+    entries = []
+    seen: dict[tuple[str, str], int] = {}
+    for ln, row in rows:
+        _check_width(path, ln, row, 3, header)
+        image = _image_cell(path, ln, row)
+        name = row[1].strip()
+        if not name:
+            raise DataError("empty class name", path=path, line=ln, field="label")
+        if (image, name) in seen:
+            raise DataError(f"image {image!r} and class {name!r} are listed twice (lines "
+                            f"{seen[image, name]} and {ln}); give each pair one row",
+                            path=path, line=ln, field="label")
+        seen[image, name] = ln
+        if encoding is not None and norm_token(row[2]) not in tokens.unknown:
+            pos, neg, _ = ENCODINGS[encoding]
+            v = _parse_value(row[2], path, ln, "value")
+            if v not in ENCODINGS[encoding]:
+                raise DataError(f"value {v} is outside the {encoding!r} encoding (expected one "
+                                f"of {sorted(set(ENCODINGS[encoding]))})", path=path, line=ln,
+                                field="value")
+            value = POS if v == pos else NEG if v == neg else UNK
+        else:
+            value = tokens.value(row[2], path, ln, "value")
+        order.setdefault(image, len(order))
+        entries.append((ln, image, name, value))
+    if classes is not None:
+        names = _class_list(classes)
+    else:
+        names = sorted({name for _, _, name, _ in entries})
+    col = {c: j for j, c in enumerate(names)}
+    labels = np.zeros((len(order), len(names)), dtype=np.int8)  # an absent pair is unknown
+    for ln, image, name, value in entries:
+        if name not in col:
+            raise DataError(f"unknown class name {name!r}{_suggest(name, names)} (the classes "
+                            f"are the {len(names)} names given by classes=)", path=path, line=ln,
+                            field="label")
+        labels[order[image], col[name]] = value
+    return list(order), names, labels
 
 
 def _parse_value(text: str, path: Path, ln: int, field: str) -> int:
@@ -202,7 +402,8 @@ def _parse_value(text: str, path: Path, ln: int, field: str) -> int:
     return int(v)
 
 
-def _read_dense_layout(path: Path, cols: list[str], header_line: int, rows, classes, encoding):
+def _read_wide_layout(path: Path, cols: list[str], header_line: int, rows, classes, encoding,
+                      tokens: Tokens):
     names = cols[1:]
     if any(not c for c in names):
         raise DataError(f"empty class name in column {names.index('') + 2}", path=path,
@@ -212,30 +413,58 @@ def _read_dense_layout(path: Path, cols: list[str], header_line: int, rows, clas
         raise DataError(f"duplicate class names {dup} in the header", path=path, line=header_line)
     width = len(cols)
     header = ",".join(cols) if width <= 6 else ",".join(cols[:5]) + ",..."
-    items, values, lines = [], np.empty((len(rows), len(names)), dtype=np.int64), []
-    for n, (ln, row) in enumerate(rows):
+    items, cells, lines = [], [], []
+    for ln, row in rows:
         _check_width(path, ln, row, width, header)
         items.append(_image_cell(path, ln, row))
-        values[n] = [_parse_value(v, path, ln, c) for v, c in zip(row[1:], names)]
+        cells.append(row[1:])
         lines.append(ln)
+    _check_unique_images(path, list(zip(lines, items)))
+    normed = [[norm_token(v) for v in r] for r in cells]
+    has_unknown_token = any(t in tokens.unknown for r in normed for t in r)
 
-    if encoding is None:
+    if encoding is None and not tokens.explicit and not has_unknown_token:
+        # No blanks: the cells are one of the two integer encodings (as before tokens existed).
+        values = _int_matrix(path, cells, lines, names)
         if (values == 0).any():
             i, j = (int(x) for x in np.argwhere(values == 0)[0])
             raise DataError(
                 f"dense labels are ambiguous: both encodings use the values 1, 0, -1 ('hcp': "
                 f"+1/-1/0 = positive/negative/unknown, 'asl': 1/0/-1 = positive/negative/unknown), "
                 f"and this file holds 0 (first at line {lines[i]}, class {names[j]!r}); name the "
-                f"encoding with encoding='hcp' or encoding='asl'", path=path)
+                f"encoding with encoding='hcp' or encoding='asl' (or the unknown token with "
+                f"unknown=)", path=path)
         encoding = "hcp"
-    allowed = ENCODINGS[encoding]
-    bad = ~np.isin(values, allowed)
-    if bad.any():
-        i, j = (int(x) for x in np.argwhere(bad)[0])
-        raise DataError(f"value {int(values[i, j])} is outside the {encoding!r} encoding "
-                        f"(expected one of {sorted(set(allowed))})", path=path, line=lines[i],
-                        field=names[j])
-    labels = to_internal(values, encoding, path=path)
+    if encoding is not None:
+        values = _int_matrix(path, cells, lines, names, unknown=tokens.unknown)
+        pos, neg, unk = ENCODINGS[encoding]
+        values[values == _BLANK] = unk
+        allowed = ENCODINGS[encoding]
+        bad = ~np.isin(values, allowed)
+        if bad.any():
+            i, j = (int(x) for x in np.argwhere(bad)[0])
+            raise DataError(f"value {int(values[i, j])} is outside the {encoding!r} encoding "
+                            f"(expected one of {sorted(set(allowed))})", path=path, line=lines[i],
+                            field=names[j])
+        labels = to_internal(values, encoding, path=path)
+        used = encoding
+    else:
+        if not tokens.explicit:
+            # Blanks are the unknowns; the negative is whichever of 0 and -1 the file uses.
+            seen = {t for r in normed for t in r}
+            if {"0", "-1"} <= seen:
+                i, j = next((i, j) for i, r in enumerate(normed) for j, t in enumerate(r)
+                            if t in ("0", "-1"))
+                raise DataError(
+                    "the file holds blank (unknown) cells and both 0 and -1: which of them is a "
+                    "negative? name the tokens with negative= and unknown= (e.g. --negative 0 "
+                    "--unknown -1 --unknown '')", path=path, line=lines[i], field=names[j])
+            tokens = Tokens(negative=sorted(tokens.negative & seen) or None,
+                            unknown=sorted(tokens.unknown))
+        labels = np.empty((len(cells), len(names)), dtype=np.int8)
+        for n, (ln, r) in enumerate(zip(lines, cells)):
+            labels[n] = [tokens.value(v, path, ln, c) for v, c in zip(r, names)]
+        used = tokens
 
     if classes is not None:
         want = _class_list(classes)
@@ -252,7 +481,18 @@ def _read_dense_layout(path: Path, cols: list[str], header_line: int, rows, clas
         order = [names.index(c) for c in want]
         labels = labels[:, order]
         names = want
-    return items, list(names), labels, encoding
+    return items, list(names), labels, used
+
+
+_BLANK = -128  # a cell holding an unknown token, while reading an integer encoding
+
+
+def _int_matrix(path, cells, lines, names, unknown=()) -> np.ndarray:
+    values = np.empty((len(cells), len(names)), dtype=np.int64)
+    for n, (ln, r) in enumerate(zip(lines, cells)):
+        values[n] = [_BLANK if norm_token(v) in unknown else _parse_value(v, path, ln, c)
+                     for v, c in zip(r, names)]
+    return values
 
 
 # ---- npy ------------------------------------------------------------------------------------
@@ -271,7 +511,9 @@ def read_npy(root, split: str | None = None, encoding: str | None = None, classe
     image_root : path, optional
         What the items are relative to; default the matrix's directory.
     """
-    path = _find_file(root, split, ".npy", "label matrix (.npy)")
+    path, by_split = _find_file(root, split, ".npy", "label matrix (.npy)")
+    if split is not None and not by_split:
+        raise single_file_split_error(path, split)
     if encoding is None:
         raise DataError("a .npy label matrix needs its encoding: give encoding='hcp' "
                         "(+1/-1/0) or encoding='asl' (1/0/-1)", path=path, field="encoding")

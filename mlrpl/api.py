@@ -1,0 +1,133 @@
+"""The Python API: train, evaluate, load a model and predict, in a few calls.
+
+    import mlrpl
+    run_dir = mlrpl.train({"data": {"dataset": "csv", "root": "labels.csv", ...}})
+    model = mlrpl.load(run_dir / "best.pt")
+    model.predict(["photo.jpg"])   # [{"labels": [...], "probabilities": {...}}]
+
+The examples below run as doctests in ``make test`` (``tests/test_api.py``), where ``data`` is a
+small generated dataset (``train.csv`` with blank unknown cells, ``val.csv``, images) and
+``checkpoint`` / ``image`` a model trained on it and one of its images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlrpl.predict import Predictor
+
+__all__ = ["Predictor", "evaluate", "load", "train"]
+
+
+def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None) -> Predictor:
+    """Open a checkpoint or bundle for prediction, offline.
+
+    Parameters
+    ----------
+    path : a checkpoint (``best.pt``, ``last.pt``) or a bundle (``mlrpl model bundle``).
+    thresholds : ``"auto"`` (tuned thresholds saved beside the checkpoint, else the method's
+        learned ones, else 0.5), ``"model"``, ``"tuned"``, ``"learned"``, a number, or a file.
+    backbone_weights : the frozen backbone's weight file when the checkpoint only references it.
+
+    Returns
+    -------
+    Predictor
+        ``.classes`` (C names), ``.thresholds`` (C,), ``.predict(inputs)`` (one dict per image:
+        ``labels``, the names that pass their threshold, highest first, and ``probabilities``,
+        every class's probability), ``.predict_proba(inputs)`` (an (N, C) array).
+
+    Example
+    -------
+    >>> model = mlrpl.load(checkpoint)
+    >>> model.classes
+    ['red_circle', 'green_square', 'blue_triangle', 'yellow_star']
+    >>> out = model.predict([image, image], thresholds=0.5)
+    >>> sorted(out[0]["probabilities"]) == sorted(model.classes)
+    True
+    >>> model.predict_proba(image).shape
+    (1, 4)
+    """
+    return Predictor.from_checkpoint(path, device, thresholds, backbone_weights)
+
+
+def train(config=None, overrides=(), resume: bool = False, **options) -> Path:
+    """Train a model; returns its run directory (``config.yaml``, ``summary.csv``, ``best.pt``,
+    ``last.pt``, ``metrics.json``).
+
+    Parameters
+    ----------
+    config : a YAML path, a dict (nested like the YAML), or None (the built-in defaults).
+    overrides : dotted ``key=value`` strings applied on top, as on the command line.
+    **options : more overrides as keywords, with ``__`` for the dots
+        (``train__epochs=3`` is ``train.epochs=3``).
+
+    Example
+    -------
+    >>> run = mlrpl.train({"data": {"dataset": "csv", "root": str(data / "train.csv"),
+    ...                             "val_root": str(data / "val.csv"), "train_split": None,
+    ...                             "val_split": None, "image_size": 64},
+    ...                    "train": {"epochs": 1, "batch_size": 8, "tensorboard": False,
+    ...                              "progress": "never"},
+    ...                    "model": {"cache_dir": str(data / "cache")}},
+    ...                   ["run.dir=" + str(data / "api_run")])
+    >>> sorted(p.name for p in run.glob("*.pt"))
+    ['best.pt', 'last.pt']
+    """
+    from mlrpl.config import load_config
+    try:  # moved out of the engine (issue 10)
+        from mlrpl import dist
+    except ImportError:
+        from mlrpl.engine import dist
+    from mlrpl.engine.trainer import Trainer
+    overrides = list(overrides) + [f"{k.replace('__', '.')}={_yaml(v)}"
+                                   for k, v in options.items()]
+    if isinstance(config, dict):
+        cfg = load_config(None, overrides, base=config)
+    else:
+        cfg = load_config(config, overrides)
+    try:
+        result = Trainer(cfg, resume=resume).fit()
+    finally:
+        dist.cleanup()
+    return Path(result["run_dir"])
+
+
+def evaluate(checkpoint, split: str | None = None, overrides=(), thresholds=None) -> dict:
+    """Metrics (percentages) of a checkpoint on its evaluation split, or on `split`.
+
+    ``thresholds`` for the thresholded metrics (CP, CR, CF1, OP, OR, OF1): None (0.5), a number,
+    ``"model"`` (tuned, else learned) or a thresholds file.
+
+    Example
+    -------
+    >>> m = mlrpl.evaluate(checkpoint)
+    >>> 0 <= m["mAP"] <= 100 and m["eval_images"]
+    12
+    >>> tuned = mlrpl.evaluate(checkpoint, thresholds=0.3)
+    >>> sorted(k for k in tuned if k.startswith("OF1"))
+    ['OF1', 'OF1_top3']
+    """
+    from mlrpl.engine.evaluate import evaluate_checkpoint
+    kw = {}
+    if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+        kw["threshold"] = float(thresholds)
+    elif thresholds == "model":
+        from mlrpl.predict import Predictor as _P
+        p = _P.from_checkpoint(checkpoint, thresholds="model")
+        import numpy as np
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "thr.npy"
+            np.save(f, p.thresholds)
+            return evaluate_checkpoint(checkpoint, overrides=overrides, split=split,
+                                       thresholds_file=f)["metrics"]
+    elif thresholds is not None:
+        kw["thresholds_file"] = thresholds
+    return evaluate_checkpoint(checkpoint, overrides=overrides, split=split, **kw)["metrics"]
+
+
+def _yaml(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)

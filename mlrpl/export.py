@@ -1,0 +1,167 @@
+"""Exporting a trained model for deployment (``mlrpl export``).
+
+``--format onnx`` writes, in a new folder:
+
+* ``model.onnx``: input ``image`` (batch, 3, S, S) float32, normalised as ``preprocess.json``
+  says; outputs ``logits`` and ``probabilities`` (batch, C). The batch axis is dynamic. Only the
+  inference path is exported: backbone, trunk and classifier; no memory bank, prototype,
+  distribution or loss.
+* ``classes.txt`` (one name a line, in output order), ``preprocess.json`` (size, mean, std,
+  resize rule) and ``thresholds.json`` (per-class decision thresholds and where they came from).
+
+The export is checked before it is kept: the same images (real ones: ``images=`` or the
+checkpoint's evaluation split) go through onnxruntime and PyTorch, the largest difference of the
+probabilities is printed, and above ``tolerance`` the export fails and nothing is written.
+``--format torch-export`` writes ``model.pt2`` (``torch.export``) with the same side files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlrpl.errors import MlrplError
+
+FORMATS = ("onnx", "torch-export")
+
+
+def _check_images(predictor, images, n: int = 8) -> tuple[torch.Tensor, str]:
+    """A batch of real, preprocessed images to compare the two runtimes on."""
+    from mlrpl.data.dataset import load_image
+    from mlrpl.errors import DataError
+    paths = []
+    if images:
+        from mlrpl.predict import expand_inputs
+        paths = expand_inputs(images)
+        what = "given images"
+    else:
+        try:
+            from mlrpl.engine.experiment import load_splits
+            _, val = load_splits(predictor.cfg)
+            paths = val.paths()
+            what = f"images of the evaluation split ({val.source})"
+        except Exception:  # noqa: BLE001 - the data may not be here; fall back below
+            paths = []
+    tensors = []
+    for p in paths:
+        try:
+            tensors.append(predictor.transform(load_image(p)))
+        except DataError:
+            continue
+        if len(tensors) == n:
+            break
+    if not tensors:
+        raise MlrplError("no real image to check the export on: give some with --images "
+                         "(the checkpoint's data is not reachable here)")
+    return torch.stack(tensors), f"{len(tensors)} {what}"
+
+
+def export_model(checkpoint, out, fmt: str = "onnx", thresholds="auto", images=None,
+                 tolerance: float = 1e-4, force: bool = False, opset: int = 17,
+                 backbone_weights=None, log=print) -> dict:
+    """Export `checkpoint` to folder `out` (see the module docstring); returns a report dict
+    (files, max_abs_diff, seconds)."""
+    from mlrpl.predict import Predictor
+    if fmt not in FORMATS:
+        raise MlrplError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise MlrplError(f"{out}: exists and is not empty; pass --force to replace it")
+    t0 = time.perf_counter()
+    pred = Predictor.from_checkpoint(checkpoint, "cpu", thresholds, backbone_weights)
+    x, what = _check_images(pred, images)
+    net = pred.net.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with torch.no_grad():
+            ref_logits, ref_probs = (t.numpy() for t in net(x))
+        if fmt == "onnx":
+            model_file = tmp / "model.onnx"
+            _export_onnx(net, pred.image_size, model_file, opset)
+            logits, probs = _run_onnx(model_file, x.numpy())
+        else:
+            model_file = tmp / "model.pt2"
+            logits, probs = _export_torch(net, pred.image_size, model_file, x)
+        diff = float(np.abs(probs - ref_probs).max())
+        diff_logits = float(np.abs(logits - ref_logits).max())
+        log(f"checked on {what}: largest |probability difference| {diff:.2e}, largest |logit "
+            f"difference| {diff_logits:.2e} ({fmt} vs PyTorch; tolerance {tolerance:g})")
+        if not diff <= tolerance:
+            raise MlrplError(f"the {fmt} model's probabilities differ from PyTorch's by "
+                             f"{diff:.3g} > {tolerance:g}; nothing written")
+        (tmp / "classes.txt").write_text("\n".join(pred.classes) + "\n")
+        pre = dict(pred.preprocess, input="image", outputs=["logits", "probabilities"],
+                   backbone=pred.cfg.model.backbone, method=pred.model.method.name)
+        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=1))
+        (tmp / "thresholds.json").write_text(json.dumps({
+            "source": pred.thresholds_source,
+            "thresholds": {c: round(float(t), 6) for c, t in zip(pred.classes,
+                                                                 pred.thresholds)}}, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    files = sorted(p.name for p in out.iterdir())
+    return {"out": str(out), "files": files, "max_abs_diff": diff,
+            "max_abs_diff_logits": diff_logits, "seconds": seconds,
+            "thresholds": pred.thresholds_source}
+
+
+def _export_onnx(net, size: int, path: Path, opset: int) -> None:
+    try:
+        import onnx  # noqa: F401 - torch.onnx needs it
+    except ImportError:
+        raise MlrplError("ONNX export needs the packages onnx and onnxruntime: "
+                         "pip install 'mlrpl[export]'") from None
+    dummy = torch.zeros(2, 3, size, size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (dummy,), str(path), input_names=["image"],
+                          output_names=["logits", "probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"},
+                                        "probabilities": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+
+
+def onnx_session(path, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MlrplError("checking an ONNX export needs onnxruntime: "
+                         "pip install 'mlrpl[export]'") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: Path, x: np.ndarray):
+    sess = onnx_session(path)
+    logits, probs = sess.run(["logits", "probabilities"], {"image": x.astype(np.float32)})
+    return logits, probs
+
+
+def _export_torch(net, size: int, path: Path, x: torch.Tensor):
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dummy = torch.zeros(2, 3, size, size)
+    try:
+        ep = torch.export.export(net, (dummy,), dynamic_shapes={"image": {0: batch}})
+    except Exception as e:  # noqa: BLE001 - any tracing failure is reported as such
+        raise MlrplError(f"torch.export could not trace this model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); use --format onnx") from None
+    torch.export.save(ep, str(path))
+    loaded = torch.export.load(str(path))
+    with torch.no_grad():
+        logits, probs = loaded.module()(x)
+    return logits.numpy(), probs.numpy()

@@ -1,0 +1,195 @@
+"""Per-class decision thresholds tuned on labelled validation data (``mlrpl tune-thresholds``).
+
+For each class, the threshold on the probability that maximises F1 over the *known* entries of
+that class (unknown entries take no part). A class with fewer than ``min_positives`` known
+positives, or no known negative, gets the global threshold instead: the one that maximises F1
+over all known entries of all classes pooled (the overall F1, OF1). Thresholds are written as
+JSON beside the checkpoint (``best.pt`` -> ``best.thresholds.json``) and read back by
+``mlrpl predict``, ``mlrpl export``, ``mlrpl eval --thresholds`` and :func:`mlrpl.load`.
+
+>>> import numpy as np
+>>> probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.1], [0.8, 0.4]])
+>>> labels = np.array([[1, -1], [1, 1], [-1, 0], [-1, 1]], dtype=np.int8)  # 0: unknown
+>>> t = tune_thresholds(probs, labels, min_positives=1)
+>>> [round(float(x), 2) for x in t["thresholds"]]
+[0.45, 0.3]
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mlrpl.errors import MlrplError
+
+SUFFIX = ".thresholds.json"
+
+
+def best_f1_cut(probs: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``probs >= threshold`` against `positive`.
+
+    probs, positive : (n,) arrays. The threshold lies halfway between two distinct
+    probabilities (so that ties fall on one side). Returns (nan, 0.0) without positives."""
+    n_pos = int(positive.sum())
+    if n_pos == 0 or probs.size == 0:
+        return float("nan"), 0.0
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], positive[order].astype(np.float64)
+    tp = np.cumsum(y)
+    k = np.arange(1, p.size + 1)
+    f1 = 2 * tp / (k + n_pos)
+    # A cut after position i is only possible where the next probability is lower (ties).
+    ok = np.r_[p[1:] < p[:-1], True]
+    f1 = np.where(ok, f1, -1.0)
+    i = int(np.argmax(f1))
+    below = p[i + 1] if i + 1 < p.size else max(p[i] - 1e-3, 0.0)
+    thr = float((p[i] + below) / 2)
+    return float(np.clip(thr, 1e-6, 1 - 1e-6)), float(f1[i])
+
+
+def tune_thresholds(probs: np.ndarray, labels: np.ndarray, min_positives: int = 5,
+                    classes: list[str] | None = None) -> dict:
+    """Per-class F1-optimal thresholds on known entries, with a global fallback.
+
+    Parameters
+    ----------
+    probs : (N, C) float array of probabilities.
+    labels : (N, C) int8 array, +1 positive, -1 negative, 0 unknown.
+    min_positives : a class with fewer known positives (or no known negative) takes the global
+        threshold.
+
+    Returns
+    -------
+    dict with ``thresholds`` (C,) floats, ``global_threshold``, and ``per_class``: a list of
+    dicts (class, threshold, source "tuned" | "global", f1 at it, f1 at 0.5, positives,
+    negatives).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise MlrplError(f"probabilities {probs.shape} and labels {labels.shape} must be (N, C)")
+    known = labels != 0
+    if not (labels[known] == 1).any():
+        raise MlrplError("the labelled split has no known positive: thresholds cannot be tuned")
+    g_thr, g_f1 = best_f1_cut(probs[known], labels[known] == 1)
+    names = classes or [str(j) for j in range(probs.shape[1])]
+    out, per_class = np.empty(probs.shape[1]), []
+    for j, name in enumerate(names):
+        m = known[:, j]
+        p, y = probs[m, j], labels[m, j] == 1
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        f1_half = _f1(p >= 0.5, y)
+        if n_pos >= max(1, min_positives) and n_neg > 0:
+            thr, f1 = best_f1_cut(p, y)
+            source = "tuned"
+        else:
+            thr, f1, source = g_thr, _f1(p >= g_thr, y), "global"
+        out[j] = thr
+        per_class.append({"class": name, "threshold": round(thr, 6), "source": source,
+                          "f1": round(f1, 6), "f1_at_0.5": round(f1_half, 6),
+                          "positives": n_pos, "negatives": n_neg})
+    return {"thresholds": out, "global_threshold": g_thr, "global_f1": g_f1,
+            "per_class": per_class}
+
+
+def _f1(pred: np.ndarray, y: np.ndarray) -> float:
+    tp = float((pred & y).sum())
+    denom = float(pred.sum() + y.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+def sidecar_path(checkpoint) -> Path:
+    """Where tuned thresholds of a checkpoint live: ``best.pt`` -> ``best.thresholds.json``."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + SUFFIX)
+
+
+def write_thresholds(path, classes: list[str], result: dict, meta: dict) -> Path:
+    """Write the tuned thresholds as JSON (atomically): ``{"thresholds": {class: t}, ...}``."""
+    path = Path(path)
+    doc = {"source": "tuned", **meta,
+           "global_threshold": round(float(result["global_threshold"]), 6),
+           "thresholds": {c: round(float(t), 6) for c, t in zip(classes, result["thresholds"])},
+           "per_class": result["per_class"]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_thresholds(path, classes: list[str]) -> tuple[np.ndarray, str]:
+    """Per-class thresholds from a JSON ``{class: t}`` / ``{"thresholds": {...}}`` or a .npy (C,).
+
+    The classes must be those of the model: a missing or extra class is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MlrplError(f"{path}: thresholds file not found")
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+        if arr.shape[0] != len(classes):
+            raise MlrplError(f"{path}: {arr.shape[0]} thresholds for {len(classes)} classes")
+        return _check_range(arr, path), "file"
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MlrplError(f"{path}: not a JSON thresholds file ({e})") from None
+    table = doc.get("thresholds", doc) if isinstance(doc, dict) else None
+    if not isinstance(table, dict):
+        raise MlrplError(f"{path}: expected {{class: threshold}} or {{\"thresholds\": {{...}}}}")
+    missing = [c for c in classes if c not in table]
+    extra = [c for c in table if c not in classes]
+    if missing or extra:
+        raise MlrplError(f"{path}: its classes differ from the model's: missing {missing[:5]}, "
+                         f"not in the model {extra[:5]}")
+    try:
+        arr = np.array([float(table[c]) for c in classes])
+    except (TypeError, ValueError):
+        raise MlrplError(f"{path}: thresholds must be numbers") from None
+    return _check_range(arr, path), str(doc.get("source", "file"))
+
+
+def _check_range(arr: np.ndarray, path) -> np.ndarray:
+    bad = ~((arr > 0) & (arr < 1))
+    if bad.any():
+        raise MlrplError(f"{path}: threshold {arr[bad][0]!r} is not a probability in (0, 1)")
+    return arr
+
+
+def tune_checkpoint(checkpoint, split: str | None = None, overrides=(), min_positives: int = 5,
+                    out=None, backbone_weights=None, show_progress=None) -> dict:
+    """Tune a checkpoint's thresholds on its evaluation split (or `split`) and write them.
+
+    Returns a dict: ``path`` (the JSON written), ``classes``, ``result`` (see
+    :func:`tune_thresholds`), ``metrics_default`` and ``metrics_tuned`` (CF1, OF1... at 0.5 and
+    at the tuned thresholds, on the same split: optimistic), ``num_images``, ``dataset``."""
+    from mlrpl.data import read_dataset
+    from mlrpl.engine.evaluate import predict_logits, score
+    from mlrpl.engine.experiment import data_root, load_splits, make_dataset
+    from mlrpl.predict import class_difference, open_checkpoint
+    model, ckpt, cfg = open_checkpoint(checkpoint, "cpu", backbone_weights, overrides=overrides)
+    if split is not None:
+        ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
+                          **dict(cfg.data.reader_options or {}))
+    else:
+        _, ls = load_splits(cfg)
+    if ls.classes != ckpt["classes"]:
+        raise MlrplError(f"{checkpoint}: the checkpoint's classes differ from those of the "
+                         f"labelled split {ls.source}: {class_difference(ckpt['classes'], ls.classes)}")
+    ds, kept = make_dataset(cfg, ls, None, model.backbone, "cpu", train=False,
+                            show_progress=show_progress)
+    if kept is not None:
+        ls = ls.subset(kept)
+    logits = predict_logits(model, ds, cfg.train.eval_batch_size, "cpu",
+                            show_progress=show_progress)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    result = tune_thresholds(probs, ls.labels, min_positives, list(ls.classes))
+    path = Path(out) if out is not None else sidecar_path(checkpoint)
+    meta = {"checkpoint": str(checkpoint), "split": ls.source, "num_images": len(ls),
+            "min_positives": int(min_positives), "criterion": "F1 on known entries"}
+    write_thresholds(path, list(ls.classes), result, meta)
+    return {"path": path, "classes": list(ls.classes), "result": result,
+            "metrics_default": score(logits, ls.labels, 0.5, ls.classes),
+            "metrics_tuned": score(logits, ls.labels, result["thresholds"], ls.classes),
+            "num_images": len(ls), "dataset": ls.source}
