@@ -39,29 +39,25 @@ def _rss_mb() -> float:
 
 
 def build(method: str, classes: int, dim: int, attention: int, channels: int):
-    from omegaconf import OmegaConf
-
-    from mlrpl.methods import get_method_class
-    from mlrpl.methods.base import TrainingContext
+    from mlrpl.methods import create_method, get_method_class
+    from mlrpl.methods.base import MethodContext
     name, overrides = method, {}
     if method == "sst_dense_ist":
         name, overrides = "sst", {"dense": True}
     elif method == "hst_satl":   # hst with SATL's per-class thresholds in place of DTL
         name, overrides = "hst", {"thresholds": "satl"}
-    cls = get_method_class(name)
-    cfg = OmegaConf.merge(OmegaConf.structured(cls.Config), {"name": name, **overrides})
-    if "trunk" in cfg:
-        cfg.trunk.dim, cfg.trunk.attention_dim = dim, attention
-    for key in ("start_epoch",):
-        if key in cfg:
-            cfg[key] = 0  # every branch runs from the first step
+    fields = get_method_class(name).Config.__dataclass_fields__
+    if "trunk" in fields:
+        overrides["trunk"] = {"dim": dim, "attention_dim": attention}
+    if "start_epoch" in fields:
+        overrides["start_epoch"] = 0  # every branch runs from the first step
     rng = np.random.default_rng(0)
     partial = np.where(rng.random((512, classes)) < 0.3,
                        np.where(rng.random((512, classes)) < 0.1, 1, -1), 0).astype(np.int8)
-    ctx = TrainingContext(num_classes=classes, feature_channels=channels,
-                          class_names=[f"c{i}" for i in range(classes)], partial_labels=partial,
-                          embeddings=rng.normal(size=(classes, 300)).astype(np.float32))
-    return cls(cfg, ctx)
+    ctx = MethodContext(num_classes=classes, feature_channels=channels,
+                        class_names=[f"c{i}" for i in range(classes)], partial_labels=partial,
+                        embeddings=rng.normal(size=(classes, 300)).astype(np.float32))
+    return create_method(name, ctx, **overrides)
 
 
 def batch_for(classes: int, batch: int, channels: int, hw: int, device, seed: int):
@@ -81,10 +77,9 @@ def measure(method: str, args) -> dict:
     torch.manual_seed(0)
     m = build(method, args.classes, args.dim, args.attention, args.channels).to(device)
     opt = torch.optim.Adam([g for g in m.param_groups()], lr=1e-4)
-    if hasattr(m, "on_epoch_start") and hasattr(m, "prototypes"):
-        m.prototypes.normal_()  # HST: prototypes as after a k-means pass (not timed)
-        if hasattr(m, "prototype_valid"):
-            m.prototype_valid.fill_(True)
+    if hasattr(m, "prototypes"):
+        m.prototypes.centres.normal_()  # HST: prototypes as after a k-means pass (not timed)
+        m.prototypes.valid.fill_(True)
     m.train()
     epoch = 10
 
@@ -97,8 +92,7 @@ def measure(method: str, args) -> dict:
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        if hasattr(m, "after_step"):
-            m.after_step(out, b, epoch)
+        m.update_state(out, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

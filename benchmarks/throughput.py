@@ -120,7 +120,8 @@ def _sync(device: torch.device):
 def run_case(name: str, args, data_over: dict, tmp: Path) -> dict:
     from mlrpl.config import load_config
     from mlrpl.data import cache as cache_mod
-    from mlrpl.engine.trainer import Trainer, epoch_seed, seed_everything, setup_logging
+    from mlrpl.engine.runtime import epoch_seed, seed_everything
+    from mlrpl.engine.trainer import Trainer
 
     over, batch, steps, warmup = CASES[name]
     batch = args.batch or batch
@@ -169,7 +170,7 @@ def run_case(name: str, args, data_over: dict, tmp: Path) -> dict:
         if loader_len != n_steps:
             raise RuntimeError(f"{name}: expected {n_steps} steps, the loader has {loader_len}")
         seed_everything(epoch_seed(cfg.seed, epoch, 0))
-        trainer.model.method.on_epoch_start(trainer, epoch)
+        trainer.model.method.on_epoch_start(trainer.epoch_context(epoch))
         _sync(trainer.device)
         t0 = time.perf_counter()
         terms = trainer.train_one_epoch(epoch)
@@ -180,12 +181,12 @@ def run_case(name: str, args, data_over: dict, tmp: Path) -> dict:
         return dt
 
     try:
-        if warmup:
-            run(0, warmup)
-        times = [run(1 + r, steps) for r in range(args.repeats)]
+        with trainer.session():
+            if warmup:
+                run(0, warmup)
+            times = [run(1 + r, steps) for r in range(args.repeats)]
     finally:
         trainer.train_ds = full_ds
-        setup_logging(None, False)   # close the run directory's log file
     dt = statistics.median(times)
     res = {
         "images_per_s": round(batch * steps / dt, 3),

@@ -1,5 +1,5 @@
 """mlrpl: multi-label image recognition with partial labels."""
-__version__ = "0.1.0"
+from mlrpl.version import __version__
 
 _API = ("load", "train", "evaluate", "Predictor")
 

@@ -215,7 +215,14 @@ def _config_from_args(args):
         if not saved.is_file():
             raise MlrplError(f"{saved}: no saved config to resume from")
         import yaml
-        base = yaml.safe_load(saved.read_text())
+        try:
+            base = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise MlrplError(f"{saved}: the run's saved config is damaged ({type(e).__name__}); "
+                             f"it cannot be resumed as it was configured") from None
+        if not isinstance(base, dict):
+            raise MlrplError(f"{saved}: the run's saved config is damaged (expected a mapping, "
+                             f"got {type(base).__name__}); it cannot be resumed")
         base.setdefault("train", {})["stop_after_epochs"] = None  # a new invocation, a new budget
         base.setdefault("run", {})["overwrite"] = False
     overrides = list(args.overrides)
@@ -230,7 +237,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from mlrpl.engine import dist
+    from mlrpl import dist
     from mlrpl.engine.trainer import Trainer
     try:
         trainer = Trainer(cfg, resume=args.resume)
@@ -248,7 +255,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from mlrpl.engine.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(args.checkpoint, overrides=args.overrides, split=args.split,
-                                 save_scores=args.save_scores, threshold=args.threshold,
+                                 save_scores=args.save_scores, force=args.force, threshold=args.threshold,
                                  thresholds_file=args.thresholds,
                                  model_thresholds=args.model_thresholds)
     if args.json:
@@ -363,8 +370,12 @@ def cmd_predict(args) -> int:
     pred = Predictor.from_checkpoint(args.checkpoint, "cpu", args.thresholds,
                                      args.backbone_weights)
     show = None if args.progress == "auto" else args.progress == "always"
-    probs, errors = pred.predict_proba([str(p) for p in paths], batch_size=args.batch_size,
-                                       show_progress=show, on_error="skip")
+    if args.cache:
+        probs, errors = pred.predict_proba_cached(paths, batch_size=args.batch_size,
+                                                  show_progress=show)
+    else:
+        probs, errors = pred.predict_proba([str(p) for p in paths], batch_size=args.batch_size,
+                                           show_progress=show, on_error="skip")
     classes, thr = pred.classes, pred.thresholds
     rows = []
     for i, p in enumerate(paths):
@@ -459,6 +470,9 @@ def _add_deploy_parsers(sub) -> None:
     pr.add_argument("--out", default=None, help="preds.csv or preds.jsonl (default: CSV on stdout)")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    pr.add_argument("--cache", action="store_true",
+                    help="frozen backbone: keep the images' feature maps in model.cache_dir "
+                         "(a second prediction of the same images skips the backbone)")
     pr.add_argument("--backbone-weights", default=None, help=bw_help)
     pr.add_argument("--force", action="store_true", help="overwrite --out")
     pr.set_defaults(func=cmd_predict)
@@ -572,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model-thresholds", action="store_true",
                    help="the per-class thresholds saved with the model (satl)")
     e.add_argument("--save-scores", default=None, help="write the logits to this .npy")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --save-scores file")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -607,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from mlrpl.logs import console
+    console()
     try:
         return int(args.func(args) or 0)
     except MlrplError as e:

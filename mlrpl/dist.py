@@ -80,6 +80,7 @@ def broadcast_buffers(module, src: int = 0) -> None:
 
 
 def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s picklable object on every process (the object itself without DDP)."""
     if not is_dist():
         return obj
     box = [obj]

@@ -1,6 +1,20 @@
-"""Losses on partial labels. Targets use the internal encoding: +1 / -1 / 0 (unknown, ignored).
+"""Losses on partial labels, written once for every method.
 
-All losses compute in fp32, whatever the precision of the logits.
+Targets use the internal encoding: +1 known positive, -1 known negative, 0 unknown (ignored).
+Every loss computes in fp32, whatever the precision of the logits, and returns a tensor with a
+gradient graph even when it has nothing to count (0), so that every process of a data-parallel
+run takes part in the same backward.
+
+===============================  ==========================  =====================================
+loss                             shapes                      used by
+===============================  ==========================  =====================================
+:func:`partial_bce`              (B, C), (B, C) -> ()        every method (SPEC §1)
+:func:`soft_partial_bce`         (B, C), (B, C), (B, C)      blending with soft targets (SPEC §5)
+:func:`asymmetric_loss`          (B, C), (B, C) -> ()        CLSL, CFT (SPEC §8)
+:func:`cooccurrence_focal`       (...), (...) -> (...)       SST/HST co-occurrence head (SPEC §3)
+:func:`instance_contrastive`     (B, C, D), (B, C) -> ()     SST/HST cross-image term (SPEC §1)
+:func:`ranking_loss`             (B, C), (B, C) -> ()        SATL, the ``ranking`` plug-in (§11.11)
+===============================  ==========================  =====================================
 """
 from __future__ import annotations
 
@@ -31,3 +45,153 @@ def partial_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     loss = F.binary_cross_entropy_with_logits(logits, prob_target, reduction="none")
     loss = loss * known
     return loss.sum() / known.sum().clamp(min=1)
+
+
+def soft_partial_bce(logits: torch.Tensor, soft_targets: torch.Tensor,
+                     weight: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy against soft targets in [0, 1] on the entries ``weight`` selects.
+
+    Parameters
+    ----------
+    logits : (B, C) float
+    soft_targets : (B, C) float in [0, 1]
+    weight : (B, C) bool or float >= 0, the entries that count (0: ignored)
+
+    Returns the weighted mean, ``sum(w * bce) / max(sum(w), 1)`` (0 with a graph when nothing
+    counts).
+
+    >>> soft_partial_bce(torch.tensor([[0.0, 3.0]]), torch.tensor([[0.5, 1.0]]),
+    ...                  torch.tensor([[True, False]]))  # ln 2: the target 0.5 at p = 0.5
+    tensor(0.6931)
+    """
+    logits = logits.float()
+    w = weight.to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, soft_targets.to(logits.dtype),
+                                              reduction="none")
+    return (loss * w).sum() / w.sum().clamp(min=1)
+
+
+def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0,
+                    gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Asymmetric loss (ASL, Ridnik et al. 2021) on the known entries of partial labels.
+
+    With p = σ(s) and the shifted probability p_m = max(p − clip, 0):
+    a positive costs −(1 − p)^γ⁺ log p, a negative −p_m^γ⁻ log(1 − p_m); unknown entries cost 0.
+    Soft positive targets t in (0, 1] weigh the two parts as t and 1 − t (label recovery).
+
+    Parameters
+    ----------
+    logits : (B, C) float
+    targets : (B, C) +1 / -1 / 0 (unknown), or soft positives in (0, 1]
+    reduction : ``mean`` (over known entries, the library's convention) or ``sum`` (the ASL
+        authors' code, which CLSL's released recipe scales by 1000)
+
+    >>> asymmetric_loss(torch.tensor([[0.0]]), torch.tensor([[1]]), gamma_pos=0.0)  # -log 0.5
+    tensor(0.6931)
+    """
+    logits = logits.float()
+    t = targets.to(logits.dtype)
+    known = t != 0
+    pos = t.clamp(min=0)
+    neg = (t < 0).to(logits.dtype) + (1 - pos) * (t > 0).to(logits.dtype)
+    p = torch.sigmoid(logits)
+    p_m = (p - clip).clamp(min=0) if clip and clip > 0 else p
+    loss_pos = -torch.log(p.clamp(min=eps))
+    loss_neg = -torch.log((1 - p_m).clamp(min=eps))
+    if gamma_pos:
+        loss_pos = loss_pos * (1 - p).pow(gamma_pos)
+    if gamma_neg:
+        loss_neg = loss_neg * p_m.pow(gamma_neg)
+    loss = (pos * loss_pos + neg * loss_neg) * known
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / known.sum().clamp(min=1)
+
+
+def cooccurrence_focal(logits: torch.Tensor, target: torch.Tensor, gamma_pos: float = 1.0,
+                       gamma_neg: float = 2.0, clip: float = 0.05, eps: float = 1e-8) -> torch.Tensor:
+    """Element-wise asymmetric focal BCE of the co-occurrence head (SPEC §3; the released
+    ``intraAsymmetricLoss``): t = 1 -> -(1-p)^gamma+ log p; t = 0 -> -p_m^gamma- log(1 - p_m),
+    p_m = max(p - clip, 0). The focal weights are not detached (as released).
+
+    >>> cooccurrence_focal(torch.tensor([0.0]), torch.tensor([1.0]))  # -(0.5) log 0.5
+    tensor([0.3466])
+    """
+    p = torch.sigmoid(logits.float())
+    t = target.float()
+    p_neg = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p   # = 1 - p_m
+    loss_pos = -(1 - p).pow(gamma_pos) * torch.log(p.clamp(min=eps))
+    loss_neg = -(1 - p_neg).pow(gamma_neg) * torch.log(p_neg.clamp(min=eps))
+    return t * loss_pos + (1 - t) * loss_neg
+
+
+def instance_contrastive(semantic: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-image contrastive loss on semantic features (SPEC §1; released ``ContrastiveLoss``).
+
+    For every image pair i < j and class c, d = cos(F_ic, F_jc): both known positive -> 1 - d,
+    one positive and one negative -> 1 + d, both negative -> 1 + d, any unknown -> excluded.
+    With P positive-positive terms (P > 0), the neg-neg list becomes min(2P, n) random terms
+    (without replacement) + the min(P, n) largest, and the same for pos-neg (duplicates between
+    the two parts possible). Mean of all kept terms; 0 when none. Randomness: torch's global
+    (CPU) generator, neg-neg drawn first, as released.
+
+    semantic (B, C, D), target (B, C) -> scalar.
+    """
+    bsz = semantic.shape[0]
+    if bsz < 2:
+        return semantic.sum() * 0.0
+    fn = F.normalize(semantic.float(), dim=-1, eps=1e-9)
+    sims = torch.einsum("icd,jcd->ijc", fn, fn)                        # (B, B, C)
+    iu = torch.triu_indices(bsz, bsz, 1, device=semantic.device)
+    d = sims[iu[0], iu[1]]                                               # (pairs, C), pair-major
+    ta, tb = target[iu[0]], target[iu[1]]
+    pp = (ta == 1) & (tb == 1)
+    pn = ((ta == 1) & (tb == -1)) | ((ta == -1) & (tb == 1))
+    nn_ = (ta == -1) & (tb == -1)
+    pos_terms = (1 - d)[pp]
+    pn_terms = (1 + d)[pn]
+    nn_terms = (1 + d)[nn_]
+    n_pos = pos_terms.shape[0]
+    if n_pos > 0:
+        nn_terms = _hard_mine(nn_terms, n_pos)
+        pn_terms = _hard_mine(pn_terms, n_pos)
+    terms = torch.cat([pos_terms, pn_terms, nn_terms])
+    return terms.mean() if terms.numel() else semantic.sum() * 0.0
+
+
+def _hard_mine(terms: torch.Tensor, n_pos: int) -> torch.Tensor:
+    n = terms.shape[0]
+    if n == 0:
+        return terms
+    rand = torch.randperm(n)[: 2 * n_pos].to(terms.device)
+    return torch.cat([terms[rand], terms.topk(min(n_pos, n)).values])
+
+
+def ranking_loss(logits: torch.Tensor, target: torch.Tensor, margin: float = 0.0,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Differentiable per-class ranking loss over the batch.
+
+    For each class c with at least one (positive i, negative j) pair among the batch's labels
+    (``target`` +1 / -1 / 0), the mean over its pairs of softplus((s_jc - s_ic + m) / T); the loss
+    is the mean over those classes (0, with a graph, when no class has a pair).
+
+    >>> ranking_loss(torch.tensor([[2.0], [0.0]]), torch.tensor([[1], [-1]]))  # softplus(-2)
+    tensor(0.1269)
+    """
+    s = logits.float()
+    pos, neg = (target > 0).float(), (target < 0).float()
+    # (B_i, B_j, C): pairs i positive, j negative, per class.
+    diff = (s[None, :, :] - s[:, None, :] + float(margin)) / float(temperature)
+    weight = pos[:, None, :] * neg[None, :, :]
+    pairs = weight.sum((0, 1))                                              # (C,)
+    per_class = (F.softplus(diff) * weight).sum((0, 1)) / pairs.clamp(min=1)
+    has = pairs > 0
+    if not bool(has.any()):
+        return s.sum() * 0.0
+    return per_class[has].mean()
+
+
+def zero_loss(logits: torch.Tensor) -> torch.Tensor:
+    """A zero loss term (a term that is off in this epoch keeps its column in summary.csv)."""
+    return logits.new_zeros((), dtype=torch.float32)

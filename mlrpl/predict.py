@@ -317,6 +317,30 @@ class Predictor:
             out[idx[ok].numpy()] = probs.float().cpu().numpy()
         return (out, errors) if on_error == "skip" else out
 
+    @torch.no_grad()
+    def predict_proba_cached(self, paths, cache_dir=None, batch_size: int = 32,
+                             show_progress=None):
+        """Probabilities (N, C) of image files through the feature cache of a frozen backbone
+        (``model.cache_dir``): the backbone runs once per image set, later calls read the maps.
+        Returns (probabilities with NaN rows for unreadable images, {index: message})."""
+        from mlrpl.data.cache import cached_features
+        if not self.model.backbone.is_frozen:
+            raise MlrplError(f"{self.path}: the feature cache needs a frozen backbone "
+                             f"(model.freeze=all); predict without --cache")
+        paths = [str(p) for p in paths]
+        feats, valid, _ = cached_features(
+            paths, self.model.backbone, self.transform, cache_dir or self.cfg.model.cache_dir,
+            backbone_name=self.cfg.model.backbone, batch_size=batch_size, device=self.device,
+            on_bad_image="skip", show_progress=show_progress)
+        out = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
+        for start in range(0, len(paths), batch_size):
+            sl = slice(start, start + batch_size)
+            f = torch.from_numpy(np.asarray(feats[sl], dtype=np.float32)).to(self.device)
+            logits = self.model.method(f, None)["logits"].float()
+            out[sl] = torch.sigmoid(logits).cpu().numpy()
+        out[~valid] = np.nan
+        return out, {i: f"{paths[i]}: unreadable image" for i in np.flatnonzero(~valid)}
+
     def predict(self, inputs, thresholds=None, topk: int | None = None, batch_size: int = 32):
         """Predicted class names and every class's probability, one dict per input.
 

@@ -118,9 +118,9 @@ class SweepSpec:
         return runs
 
     def to_dict(self) -> dict:
-        import mlrpl
+        from mlrpl.version import __version__
         return {
-            "mlrpl_version": mlrpl.__version__,
+            "mlrpl_version": __version__,
             "source": self.source,
             "base": {"config": self.base_config, "overrides": list(self.base_overrides)},
             "methods": [{"label": m.label, "name": m.name, "overrides": list(m.overrides)}

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from mlrpl.errors import ConfigError
-from mlrpl.methods._satl import (SATLThresholdConfig, ScoreDistributions, check_threshold_config,
-                                 distribution_thresholds, ranking_loss)
-from mlrpl.methods._transfer import CooccurrenceHead, intra_scores, leave_one_out_intra
+from mlrpl.losses import ranking_loss
+from mlrpl.methods.components.distributions import (SATLThresholdConfig, ScoreDistributions,
+                                                    check_threshold_config,
+                                                    distribution_thresholds)
+from mlrpl.methods.components.ist import CooccurrenceHead, intra_scores, leave_one_out_intra
 from tests.test_transfer import batch_of, build, train_twice_with_resume
 
 
@@ -182,8 +184,11 @@ def test_satl_forward_makes_pseudo_labels_after_e0():
     m = build("satl", start_epoch=1, satl={"min_positives": 1, "bins": 10})
     m.train()
     target = torch.tensor([[1, -1, 0, 0], [-1, 1, 0, 0], [0, 0, 1, -1]], dtype=torch.int8)
-    out = m(batch_of(target)["features"], batch_of(target, epoch=0))
-    assert "pl_pos" not in out and m.distributions.updates[0] == 1
+    b0 = batch_of(target, epoch=0)
+    out = m(b0["features"], b0)
+    assert "pl_pos" not in out and m.distributions.updates[0] == 0   # forward is pure
+    m.update_state(out, b0)
+    assert m.distributions.updates[0] == 1
     out = m(batch_of(target)["features"], batch_of(target, epoch=1))
     assert out["pl_pos"].shape == target.shape
     assert not (out["pl_pos"] & (target != 0)).any() and not (out["pl_neg"] & (target != 0)).any()
@@ -241,7 +246,7 @@ def test_trains_and_resumes_exactly(shapes, cache_dir, tmp_path, method, extra):
 
 _DDP = r"""
 import sys, torch, torch.distributed as td
-from mlrpl.methods._satl import SATLThresholdConfig, ScoreDistributions
+from mlrpl.methods.components.distributions import SATLThresholdConfig, ScoreDistributions
 rank, world, path = int(sys.argv[1]), 2, sys.argv[2]
 td.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
 g = torch.Generator().manual_seed(0)
@@ -255,7 +260,7 @@ for _ in range(3):
 one = ScoreDistributions(SATLThresholdConfig(bins=8, min_positives=1), ["cls"], 3,
                          torch.ones(10, 3, dtype=torch.int8))
 # the single-process reference on the whole batch (computed without the process group)
-import mlrpl.engine.dist as D
+import mlrpl.dist as D
 D_is = D.is_dist
 D.is_dist = lambda: False
 for _ in range(3):

@@ -1,4 +1,4 @@
-"""SST / HST and their shared pieces (mlrpl.methods._transfer, sst, hst)."""
+"""SST / HST and their shared pieces (mlrpl.methods.components, sst, hst)."""
 import csv
 import math
 
@@ -7,13 +7,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mlrpl.losses import cooccurrence_focal, instance_contrastive
 from mlrpl.methods import get_method_class
-from mlrpl.methods._transfer import (IntraImageTransfer, PseudoLabelQuality,
-                                     TransferConfig, cooccurrence_focal, instance_contrastive,
-                                     intra_scores, intra_scores_dense, sst_threshold)
-from mlrpl.methods.base import TrainingContext
-from mlrpl.methods.hst import kmeans_prototypes, kmeans_seed
-from mlrpl.methods.sst import MemoryBank
+from mlrpl.methods.base import MethodContext
+from mlrpl.methods.components.ist import IntraImageTransfer, intra_scores, intra_scores_dense
+from mlrpl.methods.components.memory_bank import MemoryBank
+from mlrpl.methods.components.prototypes import kmeans_prototypes, kmeans_seed
+from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
+from mlrpl.methods.components.transfer import TransferConfig
+from mlrpl.methods.sst import sst_threshold
 
 
 def build(name, num_classes=4, feature_channels=6, **overrides):
@@ -21,7 +23,7 @@ def build(name, num_classes=4, feature_channels=6, **overrides):
     cfg = OmegaConf.merge(OmegaConf.structured(cls.Config),
                           {"name": name, "trunk": {"dim": 8, "attention_dim": 4}, **overrides})
     rng = np.random.default_rng(0)
-    ctx = TrainingContext(num_classes=num_classes, feature_channels=feature_channels,
+    ctx = MethodContext(num_classes=num_classes, feature_channels=feature_channels,
                           class_names=[f"c{i}" for i in range(num_classes)],
                           partial_labels=None,
                           embeddings=rng.normal(size=(num_classes, 5)).astype(np.float32))
@@ -176,6 +178,8 @@ def test_sst_bank_includes_the_current_batch():
     out = m(b["features"], b)
     # the bank was empty: only the current batch's known positive can make q^inter = 1
     assert out["pl_inter"].tolist() == [[False, False], [True, False]]
+    assert m.bank.count.sum() == 0                          # forward changed nothing ...
+    m.update_state(out, b)                                  # ... the loop's update does
     assert torch.allclose(m.bank.features[0, 0], out["semantic"][0, 0].detach())
 
 
@@ -203,8 +207,8 @@ def test_sst_loss_terms_and_schedule():
 # ---- HST: DTL, prototypes ---------------------------------------------------------------------
 def test_dtl_gradient_reaches_thresholds():
     m = build("hst", num_classes=3, start_epoch=0, threshold_init=0.2).train()
-    m.prototypes.normal_()
-    m.prototype_valid.fill_(True)
+    m.prototypes.centres.normal_()
+    m.prototypes.valid.fill_(True)
     # image 0: class 0 is its only known positive -> q^intra_0 = P_00 = 1 > θ
     b = batch_of([[1, -1, 0], [1, 1, -1]], epoch=0)
     out = m(b["features"], b)
@@ -343,8 +347,8 @@ def test_trains_and_resumes_exactly(shapes, cache_dir, tmp_path, method, extra):
     if method == "sst":
         assert state["method.bank.count"].sum() > 0                     # the bank filled up
     else:
-        assert state["method.prototype_epoch"].item() == 1
-        assert state["method.prototype_valid"].any()
+        assert state["method.prototypes.epoch"].item() == 1
+        assert state["method.prototypes.valid"].any()
         assert float(ra[1]["loss_prototype"]) > 0
         assert "threshold_intra" in ra[1]
 
@@ -354,7 +358,7 @@ import json, sys
 import numpy as np, torch, torch.distributed as td
 from mlrpl.config import load_config
 from mlrpl.engine.trainer import Trainer
-from mlrpl.methods.hst import collect_positive_features
+from mlrpl.methods.components.prototypes import collect_positive_features
 common, out = json.loads(sys.argv[1]), sys.argv[2]
 report = {}
 for method, extra in (("sst", ["method.bank_size=4", "method.threshold_start=0.3",
@@ -374,7 +378,7 @@ for method, extra in (("sst", ["method.bank_size=4", "method.threshold_start=0.3
     row = t.history[-1]
     report[method] = {"differs": differs, "pl": [row["pl_intra_n"], row["pl_inter_n"]]}
     if method == "hst":
-        feats, classes = collect_positive_features(t)
+        feats, classes = collect_positive_features(t.epoch_context(t.epoch))
         b, c = np.nonzero(t.exp.partial > 0)
         ds = t.train_ds
         t.model.eval()

@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +24,29 @@ FORMAT = "mlrpl-checkpoint-v1"
 
 def atomic_save(obj, path: str | Path) -> Path:
     """torch.save to a temporary file in the same directory, fsync, then rename."""
+    from mlrpl import faults
+    from mlrpl.files import disk_errors
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with disk_errors(path):
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            faults.point("checkpoint.write")
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy `src` to `dst` through a temporary name and a rename (``best.pt`` from ``last.pt``)."""
+    from mlrpl.files import atomic_write
+    with open(src, "rb") as fin:
+        return atomic_write(dst, lambda fh: shutil.copyfileobj(fin, fh, 1 << 20))
 
 
 def safe_torch_load(path: str | Path, what: str = "checkpoint", map_location="cpu"):

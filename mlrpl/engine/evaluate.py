@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from mlrpl.engine import dist
-from mlrpl.errors import MlrplError
+from mlrpl import dist
+from mlrpl.errors import DataError, MlrplError
 from mlrpl.metrics import compute_metrics
 from mlrpl.progress import progress
 
@@ -65,27 +65,55 @@ def score(scores: np.ndarray, labels: np.ndarray, threshold, classes) -> dict:
 
 
 def load_thresholds(path, classes: list[str]) -> np.ndarray:
-    """Per-class probability thresholds from a ``.npy`` (C,) or a JSON ``{class: threshold}``."""
+    """Per-class probability thresholds from a ``.npy`` (C,) or a JSON ``{class: threshold}``
+    (optionally under a ``thresholds`` key). Every value must be a probability in [0, 1]."""
     path = Path(path)
     if not path.is_file():
         raise MlrplError(f"{path}: thresholds file not found")
     if path.suffix == ".json":
-        table = json.loads(path.read_text())
-        table = table.get("thresholds", table)
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text ({e})", path=path) from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON ({e.msg}, column {e.colno}); expected "
+                            f"{{\"class name\": threshold, ...}}", path=path, line=e.lineno) from None
+        if isinstance(table, dict) and isinstance(table.get("thresholds"), dict):
+            table = table["thresholds"]
+        if not isinstance(table, dict):
+            raise DataError(f"expected a JSON object {{\"class name\": threshold, ...}}, got "
+                            f"{type(table).__name__}", path=path)
         missing = [c for c in classes if c not in table]
         if missing:
-            raise MlrplError(f"{path}: no threshold for classes {missing[:5]}")
-        return np.array([float(table[c]) for c in classes])
-    arr = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
-    if arr.shape[0] != len(classes):
-        raise MlrplError(f"{path}: {arr.shape[0]} thresholds for {len(classes)} classes")
+            raise DataError(f"no threshold for classes {missing[:5]}", path=path)
+        values = []
+        for c in classes:
+            v = table[c]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DataError(f"threshold {v!r} is not a number", path=path, field=c)
+            values.append(float(v))
+        arr = np.array(values, dtype=np.float64)
+    else:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"not a readable .npy array ({e})", path=path) from None
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataError(f"thresholds must be numbers, got dtype {arr.dtype}", path=path)
+        arr = arr.astype(np.float64).reshape(-1)
+        if arr.shape[0] != len(classes):
+            raise DataError(f"{arr.shape[0]} thresholds for {len(classes)} classes", path=path)
+    bad = np.flatnonzero(~((arr >= 0) & (arr <= 1)))
+    if len(bad):
+        raise DataError(f"threshold {arr[bad[0]]!r} of class {classes[bad[0]]!r} is not a "
+                        f"probability in [0, 1]", path=path)
     return arr
 
 
 def model_from_checkpoint(ckpt: dict, cfg, device):
     """Rebuild backbone + method from a checkpoint's config and load its weights."""
     from mlrpl.engine.experiment import MLRModel, build_backbone, build_method
-    from mlrpl.engine.trainer import load_model_state
+    from mlrpl.engine.checkpoint import load_model_state
     backbone = build_backbone(cfg)
     shapes = {k[len("method."):]: tuple(v.shape) for k, v in ckpt["model"].items()
               if k.startswith("method.")}
@@ -114,7 +142,7 @@ def _model_thresholds(model, path) -> np.ndarray:
 
 
 def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, threshold=None,
-                        thresholds_file=None, model_thresholds=False) -> dict:
+                        thresholds_file=None, model_thresholds=False, force=False) -> dict:
     """Metrics of a checkpoint on its evaluation split (or `split`), on one process.
 
     Thresholded metrics use, in order of precedence: the model's own per-class thresholds
@@ -123,10 +151,15 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     from mlrpl.data import read_dataset
     from mlrpl.engine.checkpoint import load_checkpoint
     from mlrpl.engine.experiment import data_root, load_splits, make_dataset
-    from mlrpl.engine.trainer import amp_dtype, select_device
+    from mlrpl.engine.runtime import amp_dtype, select_device
     if thresholds_file is not None and model_thresholds:
         raise MlrplError("give either a thresholds file or --model-thresholds, not both")
+    from mlrpl.files import check_output
+    if save_scores:  # checked before the evaluation, not after it
+        check_output(save_scores, force, "scores file")
     ckpt = load_checkpoint(path)
+    thr_file = None if thresholds_file is None else load_thresholds(thresholds_file,
+                                                                    ckpt["classes"])
     cfg = load_config(None, list(overrides), base=ckpt["config"])
     device = select_device(cfg.train.device)
     if split is not None:
@@ -145,13 +178,14 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     scores = predict_logits(model, ds, cfg.train.eval_batch_size, device,
                             amp_dtype(cfg.train.amp), cfg.data.num_workers)
     thr = cfg.eval.threshold if threshold is None else threshold
-    if thresholds_file is not None:
-        thr = load_thresholds(thresholds_file, ls.classes)
+    if thr_file is not None:
+        thr = thr_file
     if learned is not None:
         thr = learned
     metrics = score(scores, ls.labels, thr, ls.classes)
     if save_scores:
-        np.save(save_scores, scores)
+        from mlrpl.files import save_npy
+        save_npy(save_scores, scores)
     return {"metrics": metrics, "dataset": ls.source, "num_images": len(ls), "scores": scores,
             "thresholds": thr}
 
@@ -160,7 +194,7 @@ def build_cache(cfg) -> list[str]:
     """Compute the feature cache of the train and evaluation splits of `cfg`."""
     from mlrpl.data.cache import cached_features
     from mlrpl.engine.experiment import build_backbone, load_splits
-    from mlrpl.engine.trainer import amp_dtype, select_device
+    from mlrpl.engine.runtime import amp_dtype, select_device
     if cfg.model.freeze != "all":
         raise MlrplError("the feature cache needs a frozen backbone (model.freeze=all)")
     device = select_device(cfg.train.device)

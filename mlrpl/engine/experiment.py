@@ -17,10 +17,10 @@ from torch import nn
 from mlrpl.data import LabelSet, read_dataset
 from mlrpl.data.labelset import label_hash
 from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
-from mlrpl.engine import dist
+from mlrpl import dist
 from mlrpl.errors import ConfigError, DataError
 from mlrpl.methods import get_method_class
-from mlrpl.methods.base import TrainingContext
+from mlrpl.methods.base import MethodContext
 
 
 class MLRModel(nn.Module):
@@ -116,7 +116,17 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
     saved = run_dir / "mask.npy" if run_dir is not None else None
     if saved is not None and saved.is_file():
         partial = load_partial(saved, train.labels)
-        record = json.loads((run_dir / "mask.provenance.json").read_text())
+        prov = run_dir / "mask.provenance.json"
+        try:
+            record = json.loads(prov.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError("the run's mask provenance is missing (it is written with mask.npy); "
+                            "the run directory is incomplete and cannot be resumed", path=prov) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"the run's mask provenance is damaged ({e})", path=prov) from None
+        if not isinstance(record, dict) or "known_entries" not in record:
+            raise DataError("the run's mask provenance is damaged (expected the JSON record "
+                            "written by mlrpl)", path=prov)
         return partial, record
     if d.mask_file:
         partial = load_partial(d.mask_file, train.labels)
@@ -132,9 +142,33 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
         partial = simulate(train.labels, d.protocol, p=d.known_proportion, seed=seed, n=d.fpc_n)
         record = provenance(partial, train.labels, train.classes, d.protocol, p=d.known_proportion,
                             seed=seed, n=d.fpc_n, source=train.source)
+    check_trainable(cfg, partial)
     if run_dir is not None and dist.is_main():
         write_outputs(partial, record, run_dir / "mask.npy", "npy", overwrite=True)
     return partial, record
+
+
+def check_trainable(cfg, partial: np.ndarray) -> None:
+    """A run that would train on nothing is an error, not a quiet untrained model."""
+    d = cfg.data
+    how = (f"data.mask_file={d.mask_file}" if d.mask_file else
+           f"data.protocol={d.protocol}, data.known_proportion={d.known_proportion}")
+    if not (partial != 0).any():
+        raise ConfigError(f"no training label is known ({how}, {partial.shape[0]} images x "
+                          f"{partial.shape[1]} classes): the run would train on nothing; raise "
+                          f"data.known_proportion or give another mask")
+    if not (partial == 1).any():
+        raise ConfigError(f"no training label is a known positive ({how}): the run would learn "
+                          f"only that nothing is present; raise data.known_proportion or give "
+                          f"another mask")
+
+
+def check_evaluable(val: LabelSet, what: str = "evaluation split") -> None:
+    """An evaluation split without any positive has no mAP: an error before training."""
+    if not (val.labels == 1).any():
+        raise DataError(f"the {what} ({len(val)} images) has no positive label in any class, so "
+                        f"no metric can be computed; choose another data.val_split or "
+                        f"data.holdout", path=val.source.split(":", 1)[-1] or None)
 
 
 def check_may_hide_real_labels(cfg, train: LabelSet) -> None:
@@ -175,13 +209,15 @@ def find_embeddings(cfg, classes: list[str]) -> tuple[np.ndarray, str]:
 def build_method(cfg, classes, feature_channels, partial=None, with_data=True,
                  state_shapes=None):
     cls = get_method_class(cfg.method.name)
-    emb = None
+    emb, origin = None, None
     if with_data and getattr(cls, "needs_embeddings", False):
-        emb, _ = find_embeddings(cfg, classes)
-    ctx = TrainingContext(num_classes=len(classes), feature_channels=feature_channels,
+        emb, origin = find_embeddings(cfg, classes)
+    ctx = MethodContext(num_classes=len(classes), feature_channels=feature_channels,
                           class_names=list(classes), partial_labels=partial, embeddings=emb,
-                          state_shapes=state_shapes)
-    return cls(cfg.method, ctx)
+                          state_shapes=state_shapes, seed=int(cfg.seed))
+    method = cls(cfg.method, ctx)
+    method.embedding_origin = origin  # where the word vectors came from (the run record says)
+    return method
 
 
 def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
@@ -189,13 +225,23 @@ def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
     """The dataset of one split: cached feature maps when the backbone is frozen and caching is
     on, images through the backbone's transforms otherwise. Returns (dataset, kept) where `kept`
     lists the items left after skipping unreadable images (None when none was skipped)."""
-    from mlrpl.data.dataset import FeatureDataset, ImageDataset
+    from mlrpl.data.dataset import FeatureDataset, ImageDataset, check_images_exist, scan_images
     size = cfg.data.image_size
     if not (cfg.model.freeze == "all" and cfg.model.cache_features):
         tf = backbone.transform(train, size)
-        return ImageDataset(ls, tf, partial, cfg.data.on_bad_image), None
+        paths = [str(p) for p in ls.paths()]
+        if cfg.data.on_bad_image != "skip":
+            check_images_exist(paths)
+            return ImageDataset(ls, tf, partial), None
+        # Unreadable images are removed before batching, never replaced on the fly.
+        valid = scan_images(paths, show_progress) if dist.is_main() else None
+        valid = np.asarray(dist.broadcast_object(valid), dtype=bool)
+        if valid.all():
+            return ImageDataset(ls, tf, partial), None
+        kept = _report_skipped(paths, valid)
+        return ImageDataset(ls.subset(kept), tf, None if partial is None else partial[kept]), kept
     from mlrpl.data.cache import cached_features
-    from mlrpl.engine.trainer import amp_dtype
+    from mlrpl.engine.runtime import amp_dtype
     paths = [str(p) for p in ls.paths()]
     kw = dict(backbone_name=cfg.model.backbone, batch_size=cfg.train.eval_batch_size,
               device=device, num_workers=cfg.data.num_workers,
@@ -210,13 +256,30 @@ def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
         feats, valid, _ = cached_features(paths, backbone, tf, cfg.model.cache_dir, **kw)
     if valid.all():
         return FeatureDataset(feats, ls.labels, partial), None
-    kept = np.flatnonzero(valid)
+    kept = _report_skipped(paths, valid)
+    return FeatureDataset(feats[kept], ls.labels[kept],
+                          None if partial is None else partial[kept]), kept
+
+
+def _report_skipped(paths, valid) -> np.ndarray:
+    """Log the images left out with data.on_bad_image=skip; return the kept indices."""
     import logging
+    kept = np.flatnonzero(valid)
+    if not len(kept):
+        raise DataError(f"no readable image among the {len(paths)} of this split",
+                        path=paths[0] if paths else None)
     logging.getLogger("mlrpl").warning(
         f"skipped {len(paths) - len(kept)} unreadable image(s) (data.on_bad_image=skip): "
         f"{[p for p, v in zip(paths, valid) if not v][:5]}")
-    return FeatureDataset(feats[kept], ls.labels[kept],
-                          None if partial is None else partial[kept]), kept
+    return kept
+
+
+def skipped_items(ls: LabelSet, kept) -> list[str]:
+    """The items of `ls` that `kept` (indices, or None for all) leaves out."""
+    if kept is None:
+        return []
+    keep = set(int(i) for i in kept)
+    return [item for i, item in enumerate(ls.items) if i not in keep]
 
 
 @dataclass

@@ -9,28 +9,35 @@ Run directory: ``config.yaml`` (resolved), ``mask.npy`` + ``mask.provenance.json
 """
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import logging
 import math
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-import mlrpl
+from mlrpl.version import __version__
 from mlrpl.config import resolved, to_yaml
-from mlrpl.engine import dist
-from mlrpl.engine.checkpoint import FORMAT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from mlrpl import dist
+from mlrpl.engine import rundir
+from mlrpl import faults
+from mlrpl.engine.checkpoint import (FORMAT, atomic_copy, atomic_save, load_checkpoint,
+                                     load_model_state, rng_state, set_rng_state)
 from mlrpl.engine.evaluate import predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
-                                     load_splits, make_dataset, make_partial)
-from mlrpl.errors import ConfigError, MlrplError
+                                     check_evaluable, load_splits, make_dataset, make_partial,
+                                     skipped_items)
+from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_everything,
+                                  select_device, to_device)
+from mlrpl.errors import MlrplError
+from mlrpl.logs import log_file
+from mlrpl.methods.base import EpochContext, eval_mode
+from mlrpl.methods import method_code_digest
 from mlrpl.progress import progress
 
 log = logging.getLogger("mlrpl")
@@ -40,74 +47,7 @@ class TrainingError(MlrplError):
     """Training cannot go on (a non-finite loss, for example)."""
 
 
-# ---- small pieces -------------------------------------------------------------------------------
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank())
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device asks for CUDA but no GPU is visible; use train.device=cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", dist.local_rank())
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """One seed per (experiment, epoch, process): resume reproduces every epoch exactly."""
-    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**63
-
-
-def amp_dtype(name):
-    return {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
-
-
-def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> None:
-    """Never clobber a run directory unless asked."""
-    if path.exists() and any(path.iterdir()):
-        if resume:
-            return
-        if not overwrite:
-            raise ConfigError(f"run directory {path} already exists and is not empty; pass "
-                              f"--resume to continue it, run.overwrite=true to replace it, or "
-                              f"choose another run.dir")
-        shutil.rmtree(path)
-    elif resume:
-        raise ConfigError(f"--resume: run directory {path} does not exist or is empty")
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def setup_logging(run_dir: Path | None, main: bool) -> None:
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    log.propagate = False
-    if not main:
-        log.addHandler(logging.NullHandler())
-        return
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    sh = logging.StreamHandler(sys.stdout)
-    sh.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(sh)
-    if run_dir is not None:
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-
-
+# ---- optimiser and schedule ----------------------------------------------------------------------
 def build_optimizer(cfg, model: MLRModel):
     o = cfg.optim
     groups = []
@@ -148,23 +88,45 @@ class Trainer:
         self.device = select_device(cfg.train.device)
         dist.init_from_env(self.device.type)
         self.rank, self.world = dist.rank(), dist.world_size()
-        if cfg.train.threads:
-            torch.set_num_threads(int(cfg.train.threads))
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         self.run_dir = Path(cfg.run.dir)
+        self._fresh = False
         if dist.is_main():
-            prepare_run_dir(self.run_dir, cfg.run.overwrite, resume)
+            self._fresh = rundir.prepare_run_dir(self.run_dir, cfg.run.overwrite, resume)
         dist.barrier()
-        setup_logging(self.run_dir, dist.is_main())
+        try:
+            with self.session():
+                self._build(cfg, resume)
+        except BaseException:
+            self._remove_unstarted()
+            raise
+
+    def _remove_unstarted(self):
+        """A run that fails before its first checkpoint leaves nothing behind (nothing that
+        blocks a rerun): its directory is removed when this invocation created it."""
+        if dist.is_main() and self._fresh and not (self.run_dir / rundir.LAST).exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def session(self):
+        """Thread count, determinism and the run directory's log file, for the duration of a
+        block: the process is left as it was found."""
+        t = self.cfg.train
+        logfile = self.run_dir / rundir.LOG if dist.is_main() else None
+        with process_settings(t.threads, t.deterministic), log_file(logfile):
+            yield
+
+    def _build(self, cfg, resume: bool):
         self.config_dict = resolved(cfg)
         if dist.is_main():
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (self.run_dir / rundir.CONFIG).write_text(to_yaml(cfg))
+            rundir.write_run_record(self.run_dir, method=cfg.method.name,
+                                    method_code=method_code_digest(cfg.method.name))
         self.show_progress = {"auto": None, "always": True, "never": False}[cfg.train.progress]
         self.show_progress = self.show_progress if dist.is_main() else False
 
         seed_everything(cfg.seed)  # the same initial weights on every process
         train, val = load_splits(cfg)
+        check_evaluable(val)  # before any caching or training
         if dist.is_main():
             partial, record = make_partial(cfg, train, self.run_dir)
         dist.barrier()
@@ -192,9 +154,12 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"epoch": -1, "mAP": -math.inf}
         self.tb = None
+        if dist.is_main():
+            self._check_space()
         if resume:
-            self._load_resume(self.run_dir / "last.pt")
-        log.info(f"mlrpl {mlrpl.__version__} | run {self.run_dir} | {self.world} process(es) on "
+            self._load_resume(self.run_dir / rundir.LAST)
+        self.record = self._record_inputs(method)
+        log.info(f"mlrpl {__version__} | run {self.run_dir} | {self.world} process(es) on "
                  f"{self.device} | method {cfg.method.name} | {len(train)} train / {len(val)} eval "
                  f"images x {train.num_classes} classes | {record['known_entries']} of "
                  f"{partial.size} train labels known (p={cfg.data.known_proportion}, "
@@ -206,12 +171,45 @@ class Trainer:
         kw = dict(backbone=self.model.backbone, device=self.device,
                   show_progress=self.show_progress)
         train_ds, kept = make_dataset(cfg, exp.train, exp.partial, train=True, **kw)
+        self.skipped = {"train": skipped_items(exp.train, kept)}
         if kept is not None:
             exp.train, exp.partial = exp.train.subset(kept), exp.partial[kept]
         val_ds, kept = make_dataset(cfg, exp.val, None, train=False, **kw)
+        self.skipped["eval"] = skipped_items(exp.val, kept)
         if kept is not None:
             exp.val = exp.val.subset(kept)
+            check_evaluable(exp.val, "evaluation split without its unreadable images")
         return train_ds, val_ds
+
+    def _record_inputs(self, method) -> dict:
+        """What the run trained on beyond its config, in the run record and the log: the word
+        vectors' source (file + sha256, or the encoder), the images skipped as unreadable."""
+        from mlrpl.data.embeddings import embedding_source
+        origin = getattr(method, "embedding_origin", None)
+        extra = {"word_vectors": embedding_source(origin) if origin else None,
+                 "skipped_images": self.skipped}
+        if origin:
+            src = extra["word_vectors"]
+            log.info("word vectors: " + (f"{src['path']} (sha256 {str(src['sha256'])[:12]})"
+                                         if src["kind"] == "file" else
+                                         f"sentence encoder {src['model']} (no vector file "
+                                         f"covers these classes)"))
+        if dist.is_main():
+            if any(self.skipped.values()):
+                from mlrpl.files import atomic_write_text
+                atomic_write_text(self.run_dir / "skipped_images.txt", "".join(
+                    f"{split}\t{item}\n" for split, items in self.skipped.items()
+                    for item in items))
+            rundir.write_run_record(self.run_dir, **extra)
+        return extra
+
+    def _check_space(self):
+        """Two checkpoints (and their temporary copies) must fit before the first epoch."""
+        from mlrpl.files import check_free_space
+        n = sum(t.numel() * t.element_size() for t in self._model_state()[0].values())
+        n += 2 * sum(p.numel() * p.element_size() for p in self.model.parameters()
+                     if p.requires_grad)  # the optimiser's moments
+        check_free_space(self.run_dir, 3 * n + (16 << 20), "checkpoints")
 
     def _train_loader(self, epoch: int) -> DataLoader:
         ds, bs = self.train_ds, self.cfg.train.batch_size
@@ -235,13 +233,14 @@ class Trainer:
         cfg = self.cfg
         if dist.is_main() and cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            self.tb = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
         stop_at = cfg.train.epochs
         if cfg.train.stop_after_epochs is not None:
             stop_at = min(stop_at, self.epoch + int(cfg.train.stop_after_epochs))
         try:
-            while self.epoch < stop_at:
-                self._run_epoch(self.epoch)
+            with self.session():
+                while self.epoch < stop_at:
+                    self._run_epoch(self.epoch)
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -250,7 +249,7 @@ class Trainer:
     def _run_epoch(self, epoch: int):
         cfg = self.cfg
         seed_everything(epoch_seed(cfg.seed, epoch, self.rank))
-        self.model.method.on_epoch_start(self, epoch)
+        self.model.method.on_epoch_start(self.epoch_context(epoch))
         t0 = time.time()
         terms = self.train_one_epoch(epoch)
         t1 = time.time()
@@ -269,12 +268,16 @@ class Trainer:
         if improved:
             self.best = {"epoch": epoch, "mAP": metrics["mAP"]}
         if dist.is_main():
-            self._write_summary()
+            rundir.write_summary(self.run_dir, self.history)
             ckpt = self._checkpoint(metrics)
-            atomic_save(ckpt, self.run_dir / "last.pt")
+            # last.pt first, then best.pt: a kill between the two leaves best.pt one epoch
+            # behind, and then last.pt holds the best epoch, so resume can always repair it.
+            atomic_save(ckpt, self.run_dir / rundir.LAST)
+            faults.point("checkpoint.between_renames")
             if improved:
-                shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
-                (self.run_dir / ".best.pt.tmp").replace(self.run_dir / "best.pt")
+                atomic_copy(self.run_dir / rundir.LAST, self.run_dir / rundir.BEST)
+            rundir.write_run_record(self.run_dir, checkpoints={
+                "last": self.epoch, "best": self.best["epoch"] + 1})
             self._write_metrics_json()
             if self.tb is not None:
                 for k, v in row.items():
@@ -323,8 +326,7 @@ class Trainer:
             self.scaler.update()
             if self.sched_per_step and self.scheduler is not None:
                 self.scheduler.step()
-            if hasattr(method, "after_step"):
-                method.after_step(outputs, batch, epoch)
+            method.update_state(outputs, batch)
             for k, v in list(terms.items()) + [("total", total)]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_steps += 1
@@ -335,6 +337,29 @@ class Trainer:
         vec = dist.all_reduce_sum(vec)
         n = max(vec[-1].item(), 1.0)
         return {k: vec[i].item() / n for i, k in enumerate(keys)}
+
+    def epoch_context(self, epoch: int) -> EpochContext:
+        """What a method's ``on_epoch_start`` may use (see :class:`EpochContext`)."""
+        return EpochContext(epoch=epoch, seed=int(self.cfg.seed), partial_labels=self.exp.partial,
+                            show_progress=self.show_progress,
+                            eval_batches=lambda desc: self._eval_batches(self.train_ds, desc))
+
+    @torch.no_grad()
+    def _eval_batches(self, dataset, desc: str):
+        """(batch, outputs) over this process's shard of ``dataset`` (no shuffling), the model in
+        evaluation mode with rank 0's buffers (as DDP's next forward will have them)."""
+        sampler = (DistributedSampler(dataset, shuffle=False, drop_last=False) if dist.is_dist()
+                   else SequentialSampler(dataset))
+        loader = DataLoader(dataset, batch_size=self.cfg.train.eval_batch_size, sampler=sampler,
+                            num_workers=self.cfg.data.num_workers)
+        dist.broadcast_buffers(self.model)
+        with eval_mode(self.model):
+            for batch in progress(loader, desc=desc, enable=self.show_progress):
+                batch = to_device(batch, self.device)
+                with torch.autocast(device_type=self.device.type, dtype=self.amp,
+                                    enabled=self.amp is not None):
+                    outputs = self.model(batch)
+                yield batch, outputs
 
     def predict_scores(self, dataset) -> np.ndarray:
         # Every process scores its shard with the model the checkpoint holds (rank 0's buffers).
@@ -362,7 +387,7 @@ class Trainer:
         bb = self.model.backbone
         return {
             "format": FORMAT,
-            "mlrpl_version": mlrpl.__version__,
+            "mlrpl_version": __version__,
             "config": self.config_dict,
             "classes": list(self.exp.train.classes),
             "encoding": "hcp",
@@ -396,55 +421,55 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
         self.best = dict(ckpt["best"])
+        if dist.is_main():
+            self._repair_best(ckpt)
         log.info(f"resumed {path} after epoch {self.epoch}")
 
-    def _write_summary(self):
-        cols: list[str] = []
-        for row in self.history:
-            cols += [k for k in row if k not in cols]
-        tmp = self.run_dir / ".summary.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols)
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: _fmt(row.get(k, "")) for k in cols})
-        tmp.replace(self.run_dir / "summary.csv")
+    def _repair_best(self, last: dict):
+        """best.pt must hold the epoch the run calls best. Checkpoints are written last.pt first,
+        so after a kill best.pt can only lag behind an improved last epoch, whose weights last.pt
+        holds: copy it. Any other mismatch is reported, never papered over."""
+        path = self.run_dir / rundir.BEST
+        want = int(last["best"]["epoch"]) + 1  # epochs done when the best checkpoint was saved
+        if want < 1:
+            return
+        held = None
+        if path.is_file():
+            try:
+                held = int(load_checkpoint(path)["epoch"])
+            except MlrplError:
+                held = None  # damaged: repaired below when possible
+        if held == want:
+            return
+        if want == int(last["epoch"]):
+            atomic_copy(self.run_dir / rundir.LAST, path)
+            log.warning(f"{path} held {'no checkpoint' if held is None else f'epoch {held}'} but "
+                        f"the run's best is epoch {want}, which last.pt holds (a run killed "
+                        f"between the two writes): best.pt repaired")
+            rundir.write_run_record(self.run_dir, checkpoints={"last": want, "best": want})
+            return
+        raise MlrplError(f"{path}: holds {'no checkpoint' if held is None else f'epoch {held}'} "
+                         f"but the run's best epoch is {want}, whose weights are in no checkpoint "
+                         f"(last.pt holds epoch {int(last['epoch'])}); the run directory was "
+                         f"changed by hand? Remove best.pt to accept the loss, and resume")
 
     def final_metrics(self) -> dict:
         last = self.history[-1] if self.history else {}
         best = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
+        val = self.exp.val
         return {"run_dir": str(self.run_dir), "epochs": self.epoch, "last": last, "best": best,
-                "best_epoch": self.best["epoch"]}
+                "best_epoch": self.best["epoch"],
+                # classes without a positive in the evaluation split are left out of mAP, CP, CR
+                "classes_left_out_of_mAP": [c for c, has in zip(val.classes,
+                                                                (val.labels == 1).any(0)) if not has],
+                "skipped_images": getattr(self, "skipped", {"train": [], "eval": []}),
+                "word_vectors": getattr(self, "record", {}).get("word_vectors")}
 
     def _write_metrics_json(self):
-        tmp = self.run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(self.final_metrics(), indent=1, default=float))
-        tmp.replace(self.run_dir / "metrics.json")
-
-
-def _fmt(v):
-    return f"{v:.6g}" if isinstance(v, float) else v
+        rundir.write_json(self.run_dir / rundir.METRICS, self.final_metrics())
 
 
 def _worker_init(worker_id: int):
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-def load_model_state(model: MLRModel, ckpt: dict) -> None:
-    """Load a checkpoint's weights; a frozen pretrained backbone is checked by its digest."""
-    state = ckpt["model"]
-    strict_keys = set(model.state_dict())
-    if ckpt.get("backbone_digest"):
-        from mlrpl.data.cache import state_digest
-        if state_digest(model.backbone) != ckpt["backbone_digest"]:
-            raise MlrplError("the frozen backbone's weights differ from those the checkpoint was "
-                             "trained with (backbone digest mismatch); supply the same weights")
-        strict_keys = {k for k in strict_keys if not k.startswith("backbone.")}
-    missing = strict_keys - set(state)
-    unexpected = set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise MlrplError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    model.load_state_dict(state, strict=False)

@@ -1,44 +1,13 @@
-"""Methods: one module per method, registered by name.
+"""Methods: one module per method, registered by name (see :mod:`mlrpl.methods.registry`).
 
-A method is an ``nn.Module`` (see :class:`mlrpl.methods.base.Method`) that turns backbone feature
-maps into logits, names its loss terms, and keeps its own state. The trainer knows nothing of any
-particular method: adding one is a new module here plus a config.
+A method is an ``nn.Module`` (see :class:`mlrpl.methods.base.Method` for the contract) that turns
+backbone feature maps into logits, names its loss terms and keeps its own state. The trainer knows
+nothing of any particular method: adding one is a new module here (or in another package, through
+the ``mlrpl.methods`` entry point) plus its presets. Building blocks that several methods use live
+in :mod:`mlrpl.methods.components`; losses in :mod:`mlrpl.losses`.
 """
-from __future__ import annotations
+from mlrpl.methods.registry import (REGIMES, create_method, get_method_class, list_methods,
+                                    method_code_digest, recipe, register_method)
 
-import difflib
-import importlib
-import pkgutil
-
-from mlrpl.errors import ConfigError
-
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str):
-    def deco(cls):
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-    return deco
-
-
-def _import_all():
-    import mlrpl.methods as pkg
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_") and mod.name != "base":
-            importlib.import_module(f"mlrpl.methods.{mod.name}")
-
-
-def list_methods() -> list[str]:
-    _import_all()
-    return sorted(_METHODS)
-
-
-def get_method_class(name: str):
-    _import_all()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown method {name!r}{hint} (available: {sorted(_METHODS)})")
-    return _METHODS[name]
+__all__ = ["REGIMES", "create_method", "get_method_class", "list_methods", "method_code_digest",
+           "recipe", "register_method"]

@@ -1,7 +1,27 @@
-"""The method interface the trainer talks to."""
+"""The method contract: every hook the training loop calls, when, and under which process group.
+
+A method is an ``nn.Module`` that turns backbone feature maps into logits, names its loss terms and
+keeps its own state (memory banks, prototypes, thresholds, score distributions) in buffers or
+parameters, so that checkpoints carry it and resume is exact. The loop calls, per epoch::
+
+    method.on_epoch_start(ctx)                  # every process; ctx: EpochContext
+    for batch in the epoch:                     # every process, its shard of the data
+        outputs = method(features, batch)       # forward: pure, never changes state
+        terms = method.loss(outputs, batch, epoch)
+        (sum of terms).backward(); optimiser step
+        method.update_state(outputs, batch)     # every process, after the optimiser step
+    row.update(method.epoch_stats())            # every process (collectives allowed)
+
+and, when it evaluates or predicts, ``method.eval()`` then ``forward`` (no ``target`` needed).
+``param_groups()`` is asked once, when the optimiser is built; ``inference_thresholds()`` when a
+user asks for the model's own thresholds. Under DDP every hook but ``forward`` may use collectives
+(all processes call it at the same point); ``forward`` runs inside DDP's forward and must not.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -14,7 +34,7 @@ class MethodConfig:
 
 
 @dataclass
-class TrainingContext:
+class MethodContext:
     """What a method may know about the experiment when it is built.
 
     Every field is plain data, so that a model rebuilt from a checkpoint (without the training
@@ -28,7 +48,7 @@ class TrainingContext:
     # Shapes of the method's saved tensors when it is rebuilt from a checkpoint (no data then):
     # lets a method size what depends on the data (e.g. the embedding width).
     state_shapes: dict | None = None
-    extra: dict = field(default_factory=dict)
+    seed: int = 0                              # the experiment's seed (k-means, sampling)
 
     def embedding_dim(self, key: str) -> int:
         if self.embeddings is not None:
@@ -38,13 +58,35 @@ class TrainingContext:
         raise ValueError("label embeddings are needed to build this method")
 
 
+@dataclass
+class EpochContext:
+    """What ``on_epoch_start`` may use: never the Trainer.
+
+    Attributes
+    ----------
+    epoch : the epoch about to start (0-based)
+    seed : the experiment's seed
+    partial_labels : (N_train, C) int8, the known labels of the training set (dataset order)
+    show_progress : whether long passes should show a progress bar (None: when on a terminal)
+    eval_batches : ``eval_batches(desc)`` iterates over the whole training set in evaluation
+        mode, this process's shard under DDP (no shuffling, the sampler's padding included),
+        yielding ``(batch, outputs)`` with ``batch["index"]`` the dataset indices; the model is
+        back in training mode afterwards.
+    """
+    epoch: int
+    seed: int
+    partial_labels: np.ndarray
+    show_progress: bool | None
+    eval_batches: Callable[[str], Iterator[tuple[dict, dict]]]
+
+
 class Method(nn.Module):
     """Base class of every method.
 
-    Subclasses set ``Config`` (a dataclass of their keys under ``method:``) and implement
-    ``forward`` and ``loss``. Optional hooks: ``on_epoch_start``, ``after_step``,
-    ``epoch_stats``. Persistent state (memory banks, prototypes, thresholds) lives in buffers or
-    parameters, so that it is saved in checkpoints and resume is exact.
+    Subclasses set ``Config`` (a dataclass of their keys under ``method:``), implement
+    ``forward`` and ``loss`` and override the hooks they need. ``recipes`` maps a training regime
+    to the config overrides the method trains with in it (see :data:`mlrpl.methods.registry.REGIMES`); a sweep applies
+    the recipe of its regime, so that a method is never trained with another one's recipe.
     """
 
     Config = MethodConfig
@@ -52,31 +94,59 @@ class Method(nn.Module):
     needs_embeddings = False
     # Set True when some parameters take no part in some steps (DDP must then look for them).
     ddp_find_unused_parameters = False
+    recipes: dict[str, list[str]] = {}
 
-    def __init__(self, cfg, ctx: TrainingContext):
+    def __init__(self, cfg, ctx: MethodContext):
         super().__init__()
         self.cfg = cfg
         self.num_classes = ctx.num_classes
 
-    def forward(self, features: torch.Tensor, batch: dict) -> dict:
-        """features: (B, C_f, H, W) backbone maps -> dict with at least ``logits`` (B, C).
+    def forward(self, features: torch.Tensor, batch: dict | None = None) -> dict:
+        """features (B, C_f, H, W) backbone maps -> dict with at least ``logits`` (B, C).
 
-        Every quantity that depends on a parameter must be computed here, not in ``loss``: under
-        DDP only what ``forward`` computes takes part in the gradient synchronisation."""
+        Runs in training mode during training (``batch`` then holds ``target`` (B, C) partial
+        labels, ``index``, ``epoch``, ``step``, ``steps_per_epoch``, and ``full`` hidden labels
+        for pseudo-label statistics only) and in evaluation mode for evaluation and prediction.
+        Pure: it reads the method's state and never writes it. Every quantity that depends on a
+        parameter is computed here, not in ``loss``: under DDP only what ``forward`` computes
+        takes part in the gradient synchronisation."""
         raise NotImplementedError
 
     def loss(self, outputs: dict, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
-        """Named, already weighted loss terms; the trainer optimises their sum."""
+        """Named, already weighted loss terms; the loop optimises their sum. Every process, every
+        step, after ``forward``."""
         raise NotImplementedError
 
     # ---- hooks --------------------------------------------------------------------------------
-    def on_epoch_start(self, trainer, epoch: int) -> None:
-        """Work done before an epoch (prototype recomputation, schedules)."""
+    def update_state(self, outputs: dict, batch: dict) -> None:
+        """Change the state (banks, histograms, statistics) from a step's detached outputs.
+
+        Called by the loop after the optimiser step, on every process at the same point, so it may
+        all-reduce or all-gather; the only place besides ``on_epoch_start`` where state changes."""
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        """Work before an epoch (prototype recomputation, snapshots), every process."""
 
     def epoch_stats(self) -> dict[str, float]:
-        """Numbers to log in summary.csv at the end of an epoch (then reset)."""
+        """Numbers for summary.csv at the end of an epoch (then reset). Every process calls it
+        (collectives allowed); the main process's numbers are written."""
         return {}
 
     def param_groups(self) -> list[dict]:
-        """Parameter groups for the optimiser (e.g. thresholds without weight decay)."""
+        """Parameter groups for the optimiser (e.g. thresholds without weight decay); asked once."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def inference_thresholds(self) -> np.ndarray | None:
+        """(C,) per-class probability thresholds the method learned (SATL), or None."""
+        return None
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Evaluation mode inside the block, the previous mode afterwards."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)

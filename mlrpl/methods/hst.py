@@ -22,20 +22,17 @@ Loss: bce(s, y) + [ep >= E0](bce(s, y^intra) + bce(s, y^inter) + 0.1 L_dtl^intra
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
-from mlrpl.engine import dist
-from mlrpl.losses import partial_bce
-from mlrpl.methods import register_method
-from mlrpl.methods._transfer import (TransferConfig, TransferMethod, cosine_to_mean,
-                                     instance_contrastive, zero_like_loss)
-from mlrpl.progress import progress
+from mlrpl.losses import instance_contrastive, partial_bce, zero_loss
+from mlrpl.methods.components.prototypes import Prototypes
+from mlrpl.methods.components.sarl import sarl_recipes
+from mlrpl.methods.components.transfer import TransferConfig, TransferMethod
+from mlrpl.methods.registry import register_method
 
 log = logging.getLogger("mlrpl")
 
@@ -52,49 +49,12 @@ class HSTConfig(TransferConfig):
     reference_quirks: bool = False    # released init/decay of the thresholds, released proto sign
 
 
-def kmeans_seed(seed: int, epoch: int) -> int:
-    """The K-means random_state of a prototype pass: from the experiment seed and the epoch."""
-    return int((int(seed) * 1_000_003 + int(epoch) * 7919) % 2**32)
-
-
-def kmeans_prototypes(features: np.ndarray, classes: np.ndarray, num_classes: int, k: int,
-                      random_state: int, n_init: int = 10, show_progress=None):
-    """Per-class K-means centres of known-positive features.
-
-    Parameters
-    ----------
-    features : (N, D) float, classes : (N,) int -- one row per known-positive (image, class)
-    k : clusters per class; a class with n < k features gets n clusters, one with none gets none
-
-    Returns
-    -------
-    prototypes (C, k, D) float32 tensor (zero rows where invalid), valid (C, k) bool tensor
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-    features = np.asarray(features, dtype=np.float32)
-    classes = np.asarray(classes)
-    dim = features.shape[1] if features.ndim == 2 else 0
-    protos = np.zeros((num_classes, k, dim), dtype=np.float32)
-    valid = np.zeros((num_classes, k), dtype=bool)
-    for c in progress(range(num_classes), desc="k-means", enable=show_progress):
-        x = features[classes == c]
-        if len(x) == 0:
-            continue
-        n_clusters = min(k, len(x))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points
-            km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state).fit(x)
-        protos[c, :n_clusters] = km.cluster_centers_
-        valid[c, :n_clusters] = True
-    return torch.from_numpy(protos), torch.from_numpy(valid)
-
-
 @register_method("hst")
 class HST(TransferMethod):
     Config = HSTConfig
     # θ takes no part before E0 (and θ_inter none while no class has a prototype).
     ddp_find_unused_parameters = True
+    recipes = sarl_recipes(hcp=["method.cooc_pairs=all", "train.batch_size=32"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -103,9 +63,7 @@ class HST(TransferMethod):
         init = cfg.threshold_init if cfg.threshold_init is not None else (1.0 if self.quirks else 0.95)
         self.threshold_intra = nn.Parameter(torch.tensor(float(init)))
         self.threshold_inter = nn.Parameter(torch.tensor(float(init)))
-        self.register_buffer("prototypes", torch.zeros(c, k, d))
-        self.register_buffer("prototype_valid", torch.zeros(c, k, dtype=torch.bool))
-        self.register_buffer("prototype_epoch", torch.tensor(-1, dtype=torch.long))
+        self.prototypes = Prototypes(c, k, d)
 
     # ---- optimiser ---------------------------------------------------------------------------
     def param_groups(self):
@@ -124,33 +82,13 @@ class HST(TransferMethod):
             return False
         return epoch == e0 if every <= 0 else (epoch - e0) % every == 0
 
-    def on_epoch_start(self, trainer, epoch):
-        super().on_epoch_start(trainer, epoch)
-        if not self.prototype_due(epoch) or int(self.prototype_epoch) == epoch:
+    def on_epoch_start(self, ctx):
+        super().on_epoch_start(ctx)
+        if not self.prototype_due(ctx.epoch) or int(self.prototypes.epoch) == ctx.epoch:
             return
-        feats, classes = collect_positive_features(trainer)
-        device = self.prototypes.device
-        if dist.is_main():
-            protos, valid = kmeans_prototypes(
-                feats.numpy(), classes.numpy(), self.num_classes, self.prototypes.shape[1],
-                kmeans_seed(trainer.cfg.seed, epoch), int(self.cfg.kmeans_n_init),
-                show_progress=trainer.show_progress)
-            protos, valid = protos.to(device), valid.to(device)
-        else:
-            protos, valid = torch.zeros_like(self.prototypes), torch.zeros_like(self.prototype_valid)
-        if dist.is_dist():  # one K-means (on the main process), the same prototypes everywhere
-            torch.distributed.broadcast(protos, src=0)
-            torch.distributed.broadcast(valid, src=0)
-        self.prototypes.copy_(protos)
-        self.prototype_valid.copy_(valid)
-        self.prototype_epoch.fill_(epoch)
-        log.info(f"hst: prototypes at epoch {epoch + 1} from {len(classes)} known positives "
-                 f"({int(valid.any(1).sum())} of {self.num_classes} classes)")
-
-    def prototype_scores(self, semantic: torch.Tensor) -> torch.Tensor:
-        """g (B, C): mean over the class's valid prototypes of cos(F_c, p_ck); 0 without any."""
-        valid = self.prototype_valid
-        return cosine_to_mean(semantic, self.prototypes, valid, valid.sum(1).clamp(min=1))
+        n = self.prototypes.recompute(ctx, int(self.cfg.kmeans_n_init))
+        log.info(f"hst: prototypes at epoch {ctx.epoch + 1} from {n} known positives "
+                 f"({int(self.prototypes.any.sum())} of {self.num_classes} classes)")
 
     # ---- training step -----------------------------------------------------------------------
     def forward(self, features, batch=None):
@@ -169,19 +107,20 @@ class HST(TransferMethod):
         out["cooc"], q_intra = self.ist(semantic, target, entries=everything,
                                         score_grad=not satl)
         out["contrast"] = instance_contrastive(semantic, target)
-        has = self.prototype_valid.any(1)                          # (C,)
+        has = self.prototypes.any                                  # (C,)
         if satl:
             # Prototypes exist from E0 on, so g (with its graph, for the prototype loss) is
             # computed once, when pseudo-labelling is on.
-            g = self.prototype_scores(semantic) if bool(has.any()) else None
-            self.track_intra(q_intra, target)
+            g = self.prototypes.scores(semantic) if bool(has.any()) else None
+            obs = {"intra": self.intra_observation(q_intra, target)}
             if g is not None:
-                self.distributions.update("inter", g, target, has[None].expand_as(target))
+                obs["inter"] = (g.detach(), has[None].expand_as(target))
+            out["observed"] = obs
             if not active:
                 return out
-            out["pl_intra"] = self.satl_positives("intra", q_intra, target)
+            out["pl_intra"] = self.satl_positives(obs, "intra", q_intra, target)
             if g is not None:
-                out["pl_inter"] = self.satl_positives("inter", g, target) & has
+                out["pl_inter"] = self.satl_positives(obs, "inter", g, target) & has
                 out["proto"] = self.prototype_loss(g, target, has)
             return out
         if not active:
@@ -190,7 +129,7 @@ class HST(TransferMethod):
         out["dtl_intra"] = partial_bce(s_intra, target)
         out["pl_intra"] = unknown & (s_intra.detach() > 0)
         if bool(has.any()):
-            g = self.prototype_scores(semantic)
+            g = self.prototypes.scores(semantic)
             s_inter = (g - self.threshold_inter).clamp(0, 1)
             # Classes without a prototype have no score: they take no part in DTL or labelling.
             out["dtl_inter"] = partial_bce(s_inter, target * has)
@@ -210,7 +149,7 @@ class HST(TransferMethod):
     def loss(self, outputs, batch, epoch):
         cfg = self.cfg
         terms = self.shared_terms(outputs, batch, epoch)
-        zero = zero_like_loss(outputs["logits"])
+        zero = zero_loss(outputs["logits"])
         active = self.is_active(epoch)
         terms["bce_intra"] = cfg.intra_weight * self.pseudo_bce(outputs, batch, "intra") if active else zero
         terms["bce_inter"] = cfg.inter_weight * self.pseudo_bce(outputs, batch, "inter") if active else zero
@@ -226,50 +165,3 @@ class HST(TransferMethod):
         stats["threshold_intra"] = float(self.threshold_intra.detach())
         stats["threshold_inter"] = float(self.threshold_inter.detach())
         return stats
-
-
-@torch.no_grad()
-def collect_positive_features(trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The semantic feature of every known-positive (image, class) of the training set, the
-    model in eval mode, in dataset order (image, then class) whatever the number of processes.
-
-    Under DDP each process runs its shard (DistributedSampler, no shuffle); the pairs are
-    all-gathered and the sampler's padding duplicates removed. Returns CPU tensors
-    (features (N, D) float32, classes (N,) long)."""
-    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
-
-    from mlrpl.engine.trainer import to_device
-    model, ds, cfg = trainer.model, trainer.train_ds, trainer.cfg
-    device = trainer.device
-    sampler = (DistributedSampler(ds, shuffle=False, drop_last=False) if dist.is_dist()
-               else SequentialSampler(ds))
-    loader = DataLoader(ds, batch_size=cfg.train.eval_batch_size, sampler=sampler,
-                        num_workers=cfg.data.num_workers)
-    dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics everywhere, as DDP will
-    was_training = model.training
-    model.eval()
-    idx, cls, feats = [], [], []
-    try:
-        for batch in progress(loader, desc="prototypes", enable=trainer.show_progress):
-            batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=trainer.amp,
-                                enabled=trainer.amp is not None):
-                semantic = model(batch)["semantic"]
-            b, c = (batch["target"] > 0).nonzero(as_tuple=True)
-            idx.append(batch["index"].long()[b].cpu())
-            cls.append(c.cpu())
-            feats.append(semantic[b, c].float().cpu())
-    finally:
-        model.train(was_training)
-    dim = model.method.trunk.dim
-    index = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
-    classes = torch.cat(cls) if cls else torch.zeros(0, dtype=torch.long)
-    features = torch.cat(feats) if feats else torch.zeros(0, dim)
-    if dist.is_dist():
-        index = dist.all_gather_varlen(index.to(device)).cpu()
-        classes = dist.all_gather_varlen(classes.to(device)).cpu()
-        features = dist.all_gather_varlen(features.to(device)).cpu()
-    key = index * trainer.exp.train.num_classes + classes
-    _, first = np.unique(key.numpy(), return_index=True)       # sorted by (image, class)
-    first = torch.from_numpy(first)
-    return features[first], classes[first]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from mlrpl.losses import partial_bce
-from mlrpl.methods import register_method
 from mlrpl.methods.base import Method, MethodConfig
+from mlrpl.methods.registry import register_method
 
 
 @dataclass
@@ -22,6 +22,8 @@ class PBCEConfig(MethodConfig):
 @register_method("pbce")
 class PartialBCE(Method):
     Config = PBCEConfig
+    # The presets are this method's (configs/*_pbce_*.yaml): nothing to add in either regime.
+    recipes = {"cpu-cached": [], "hcp": []}
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)

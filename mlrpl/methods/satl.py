@@ -4,7 +4,7 @@ The paper's method section is not public: this is the library's documented desig
 
 SARL trunk (as ``ssgrl``) + per-class thresholds derived from the score distributions of each
 class's known positives and known negatives (:class:`~mlrpl.methods._satl.ScoreDistributions`,
-the classifier probability σ(s) as the score), updated at every step:
+the classifier probability σ(s) as the score), updated after every step:
 
 * from epoch E0, unknown entries scoring at or above the class's positive threshold (estimated
   precision >= ``satl.target_precision``) become pseudo-positives, those below its negative
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from mlrpl.errors import ConfigError
-from mlrpl.losses import partial_bce
-from mlrpl.methods import register_method
-from mlrpl.methods._sarl import SARLMethod, SARLMethodConfig
-from mlrpl.methods._satl import SATLThresholdConfig, ScoreDistributions, ranking_loss
-from mlrpl.methods._transfer import PseudoLabelQuality, zero_like_loss
+from mlrpl.losses import partial_bce, ranking_loss, zero_loss
+from mlrpl.methods.components.distributions import SATLThresholdConfig, ScoreDistributions
+from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
+from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig, sarl_recipes
+from mlrpl.methods.registry import register_method
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SATLConfig(SARLMethodConfig):
 class SATL(SARLMethod):
     Config = SATLConfig
     pl_sources = ("pos", "neg")
+    recipes = sarl_recipes(hcp=["train.batch_size=32"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -64,8 +65,8 @@ class SATL(SARLMethod):
     def is_active(self, epoch: int) -> bool:
         return epoch >= int(self.cfg.start_epoch)
 
-    def on_epoch_start(self, trainer, epoch):
-        self.distributions.snapshot_at_start(epoch, self.cfg.start_epoch)
+    def on_epoch_start(self, ctx):
+        self.distributions.snapshot_at_start(ctx.epoch, self.cfg.start_epoch)
 
     def forward(self, features, batch=None):
         out = self.trunk(features)
@@ -73,9 +74,11 @@ class SATL(SARLMethod):
             return out
         target = batch["target"]
         prob = torch.sigmoid(out["logits"].detach().float())
-        self.distributions.update("cls", prob, target)
+        out["prob"] = prob
         if self.is_active(int(batch.get("epoch", 0))):
-            pos, neg = self.distributions.pseudo_labels("cls", prob, target)
+            # thresholds that already count this batch; update_state commits it
+            taus = self.distributions.preview("cls", prob, target)
+            pos, neg = self.distributions.pseudo_labels("cls", prob, target, taus)
             out["pl_pos"] = pos
             out["pl_neg"] = neg if self.cfg.negatives else torch.zeros_like(neg)
         return out
@@ -97,13 +100,14 @@ class SATL(SARLMethod):
             terms["bce_pseudo"] = cfg.pseudo_weight * partial_bce(logits, full)
         else:
             full = batch["target"]
-            terms["bce_pseudo"] = zero_like_loss(logits)
+            terms["bce_pseudo"] = zero_loss(logits)
         ranked = full if cfg.rank_pseudo else batch["target"]
         terms["rank"] = cfg.rank_weight * ranking_loss(logits, ranked, cfg.rank_margin,
                                                        cfg.rank_temperature)
         return terms
 
-    def after_step(self, outputs, batch, epoch):
+    def update_state(self, outputs, batch):
+        self.distributions.update("cls", outputs["prob"], batch["target"])
         full = batch.get("full")
         if "pl_pos" in outputs:
             self.quality.update("pos", outputs["pl_pos"], batch["target"], full)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlrpl.losses import partial_bce
-from mlrpl.methods import register_method
-from mlrpl.methods._sarl import SARLMethod, SARLMethodConfig
+from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig
+from mlrpl.methods.registry import register_method
 
 
 @dataclass

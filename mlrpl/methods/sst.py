@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from mlrpl.engine import dist
-from mlrpl.methods import register_method
-from mlrpl.methods._transfer import (TransferConfig, TransferMethod, cosine_to_mean,
-                                     instance_contrastive, sst_threshold, zero_like_loss)
+from mlrpl.losses import instance_contrastive, zero_loss
+from mlrpl.methods.components.memory_bank import MemoryBank
+from mlrpl.methods.components.sarl import sarl_recipes
+from mlrpl.methods.components.transfer import TransferConfig, TransferMethod
+from mlrpl.methods.registry import register_method
 
 
 @dataclass
@@ -36,67 +35,23 @@ class SSTConfig(TransferConfig):
     threshold_min: float = 0.75       # ... down to this floor
 
 
-class MemoryBank(nn.Module):
-    """Per-class FIFO bank of the E most recent detached semantic features of known positives.
+def sst_threshold(epoch: int, start_epoch: int, start: float = 0.95, step: float = 0.025,
+                  floor: float = 0.75) -> float:
+    """SST's pseudo-label threshold: ``start`` up to and at E0, lowered by ``step`` after every
+    epoch from E0 on, never below ``floor`` (E0 = 5: 0.95 at epoch 5, 0.925 at 6, ..., 0.75
+    from 13). A ``start`` below ``floor`` is kept as it is.
 
-    Stored as a ring per class: ``features`` (C, E, D), ``head`` (C,) the slot of the newest
-    entry, ``count`` (C,) the filled slots (all buffers: saved, so resume is exact). The
-    newest-first order is the released code's ``cat((batch items in batch order, bank))[:E]``:
-    within a batch, earlier images come first; if a batch holds more than E positives of a class,
-    the first E are kept.
+    >>> [round(sst_threshold(e, 5), 3) for e in (0, 5, 6, 12, 13, 19)]
+    [0.95, 0.95, 0.925, 0.775, 0.75, 0.75]
     """
-
-    def __init__(self, num_classes: int, size: int, dim: int):
-        super().__init__()
-        if size < 1:
-            raise ValueError("the memory bank needs at least one slot per class")
-        self.size = size
-        self.register_buffer("features", torch.zeros(num_classes, size, dim))
-        self.register_buffer("head", torch.zeros(num_classes, dtype=torch.long))
-        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, semantic: torch.Tensor, target: torch.Tensor) -> None:
-        """Push the known positives of a batch: semantic (B, C, D), target (B, C).
-
-        Under DDP the batch's known-positive features of every process are gathered first (in
-        rank order), so that every process's bank is the same."""
-        b, c = (target > 0).nonzero(as_tuple=True)          # image-major: batch order per class
-        feats = semantic.detach()[b, c].float()
-        if dist.is_dist():
-            feats, c = dist.all_gather_varlen(feats), dist.all_gather_varlen(c)
-        if c.numel() == 0:
-            return
-        num_classes, e = self.features.shape[:2]
-        onehot = F.one_hot(c, num_classes)
-        rank = (onehot.cumsum(0) - 1).gather(1, c[:, None]).squeeze(1)   # order within class
-        n = onehot.sum(0)
-        new_head = (self.head - n) % e
-        keep = rank < e
-        slot = (new_head[c] + rank) % e
-        self.features[c[keep], slot[keep]] = feats[keep].to(self.features.dtype)
-        self.head.copy_(new_head)
-        self.count.copy_((self.count + n).clamp(max=e))
-
-    def ordered(self, c: int) -> torch.Tensor:
-        """The filled entries of class c, newest first: (count_c, D)."""
-        e = self.features.shape[1]
-        k = int(self.count[c])
-        slots = (self.head[c] + torch.arange(k, device=self.head.device)) % e
-        return self.features[c, slots]
-
-    def scores(self, semantic: torch.Tensor) -> torch.Tensor:
-        """q^inter (B, C): the mean over all E slots of cos(F_c, bank_c,e); empty (zero) slots
-        contribute 0, as released."""
-        c, e = self.features.shape[:2]
-        weight = torch.ones(c, e, device=semantic.device)
-        return cosine_to_mean(semantic, self.features, weight,
-                              torch.full((c,), float(e), device=semantic.device))
+    return max(start - step * max(epoch - start_epoch, 0), min(floor, start))
 
 
 @register_method("sst")
 class SST(TransferMethod):
     Config = SSTConfig
+    # every class pair in the co-occurrence loss, as released (sampled on the CPU: §11.9)
+    recipes = sarl_recipes(hcp=["method.cooc_pairs=all"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -122,19 +77,20 @@ class SST(TransferMethod):
         out["cooc"], q_intra = self.ist(semantic, target, entries=entries, score_grad=False)
         out["contrast"] = instance_contrastive(semantic, target)
         if self.uses_satl:
-            self.track_intra(q_intra, target)
             filled = (self.bank.count > 0)[None].expand_as(target)
             with torch.no_grad():  # the bank before this batch: no entry scored against itself
-                self.distributions.update("inter", self.bank.scores(semantic.detach()), target,
-                                          filled)
-        # The bank is updated before pseudo-labelling: it includes the current batch.
-        self.bank.update(semantic, target)
+                out["observed"] = {"intra": self.intra_observation(q_intra, target),
+                                   "inter": (self.bank.scores(semantic.detach()), filled)}
         if active:
+            # Pseudo-labels score against the bank with this batch pushed (the released order:
+            # the bank is updated before pseudo-labelling); update_state pushes it for real.
             with torch.no_grad():
-                q_inter = self.bank.scores(semantic.detach())
+                bank, _, _ = self.bank.pushed(semantic, target)
+                q_inter = self.bank.scores(semantic.detach(), bank)
             if self.uses_satl:
-                out["pl_intra"] = self.satl_positives("intra", q_intra, target)
-                out["pl_inter"] = self.satl_positives("inter", q_inter, target)
+                obs = out["observed"]
+                out["pl_intra"] = self.satl_positives(obs, "intra", q_intra, target)
+                out["pl_inter"] = self.satl_positives(obs, "inter", q_inter, target)
             else:
                 theta = self.threshold(epoch)
                 out["pl_intra"] = unknown & (q_intra >= theta)
@@ -148,12 +104,13 @@ class SST(TransferMethod):
             terms["bce_intra"] = cfg.intra_weight * self.pseudo_bce(outputs, batch, "intra")
             terms["bce_inter"] = cfg.inter_weight * self.pseudo_bce(outputs, batch, "inter")
         else:
-            terms["bce_intra"] = terms["bce_inter"] = zero_like_loss(outputs["logits"])
+            terms["bce_intra"] = terms["bce_inter"] = zero_loss(outputs["logits"])
         return terms
 
-    def after_step(self, outputs, batch, epoch):
-        super().after_step(outputs, batch, epoch)
-        self._last_epoch = epoch
+    def update_state(self, outputs, batch):
+        super().update_state(outputs, batch)
+        self.bank.update(outputs["semantic"], batch["target"])
+        self._last_epoch = int(batch.get("epoch", 0))
 
     def epoch_stats(self):
         stats = super().epoch_stats()

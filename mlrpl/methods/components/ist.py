@@ -1,0 +1,250 @@
+"""Intra-image semantic transfer (IST, SPEC §3): an image-specific class co-occurrence
+probability P_ij for every class pair, its supervision (:func:`mlrpl.losses.cooccurrence_focal`)
+and the intra-image score q^intra (:func:`intra_scores`). Used by ``sst`` and ``hst``.
+
+Efficient IST (SPEC §11.9). The head scores a class pair (i, j), i < j, with
+``m_ij = <w_p, fc2(relu(fc1([g_i; g_j])))> + b_p`` (p = the pair's index, its own weight). The
+first layer splits into ``fc1([g_i; g_j]) = A g_i + B g_j + b``, so ``u = A g + b`` and
+``v = B g`` are computed once per class (B x C x H) and a pair's pre-activation is
+``u_i + v_j``: no (pairs x 2H) concatenation. The second layer is linear and followed by a
+linear read-out, so it folds into the pair weights (``W2^T w_p``, once per step, not per image). Pseudo-labelling needs P[c, j] only for the entries
+c it scores and the image's known positives j, i.e. sum_b |entries_b| x |K+_b| pairs instead of
+B x C(C-1)/2. The co-occurrence loss uses all pairs (``cooc_pairs: all``) or the known-positive
+pairs plus a uniform sample of the others (``cooc_pairs: sample``). ``dense: true`` computes
+everything the literal way (all pairs, concatenated inputs): the reference the efficient path is
+tested against, and a benchmark baseline.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlrpl.errors import ConfigError
+from mlrpl.losses import cooccurrence_focal
+from mlrpl.models.sarl import ElementWiseClassifier
+
+
+def pair_index_matrix(num_classes: int) -> torch.Tensor:
+    """(C, C) long: the index of pair (i, j) in the i-major order of the i < j pairs
+    ((0,1), (0,2), ..., (1,2), ...), symmetric; -1 on the diagonal."""
+    iu = torch.triu_indices(num_classes, num_classes, 1)
+    idx = torch.full((num_classes, num_classes), -1, dtype=torch.long)
+    ar = torch.arange(iu.shape[1])
+    idx[iu[0], iu[1]] = ar
+    idx[iu[1], iu[0]] = ar
+    return idx
+
+
+class CooccurrenceHead(nn.Module):
+    """The IST co-occurrence head (SPEC §3): g_c = W_g F_c + b, pair MLP on [g_i; g_j]
+    (Linear 2H' -> H, ReLU, Linear H -> H), then a pair-specific inner product + bias.
+
+    Parameters are those of the literal formulation (``fc1`` acts on the concatenation), so that
+    :meth:`dense_logits` (literal) and :meth:`pair_logits` (factorised) are the same function.
+    """
+
+    def __init__(self, num_classes: int, dim: int, proj_dim: Optional[int] = None,
+                 hidden_dim: Optional[int] = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.proj_dim = int(proj_dim or max(dim // 2, 1))
+        self.hidden_dim = int(hidden_dim or dim)
+        self.num_pairs = num_classes * (num_classes - 1) // 2
+        self.proj = nn.Linear(dim, self.proj_dim)
+        self.fc1 = nn.Linear(2 * self.proj_dim, self.hidden_dim)
+        self.fc2 = nn.Linear(self.hidden_dim, self.hidden_dim)
+        self.pairs = ElementWiseClassifier(self.num_pairs, self.hidden_dim)
+        iu = torch.triu_indices(num_classes, num_classes, 1)
+        # Derived from C alone: not saved with the model.
+        self.register_buffer("pair_i", iu[0], persistent=False)
+        self.register_buffer("pair_j", iu[1], persistent=False)
+        self.register_buffer("pair_lookup", pair_index_matrix(num_classes), persistent=False)
+
+    # -- factorised ---------------------------------------------------------------------------
+    def project(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, D) -> u = A g + b, v = B g, each (B, C, H), where fc1 = [A | B]."""
+        g = self.proj(semantic)
+        h = self.proj_dim
+        u = F.linear(g, self.fc1.weight[:, :h], self.fc1.bias)
+        v = F.linear(g, self.fc1.weight[:, h:])
+        return u, v
+
+    def folded(self, p: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair weights folded through fc2: <w_p, W2 r + b2> + c_p = <W2^T w_p, r> +
+        (<w_p, b2> + c_p). Returns (weights (P, H), biases (P,)) for the pairs ``p`` (all: None)."""
+        w = self.pairs.weight if p is None else self.pairs.weight[p]
+        c = self.pairs.bias if p is None else self.pairs.bias[p]
+        return w @ self.fc2.weight, w @ self.fc2.bias + c
+
+    def pair_logits(self, u, v, b, i, j) -> torch.Tensor:
+        """Logits m_ij of image b for the listed pairs (i < j), all (N,) long -> (N,)."""
+        r = torch.relu(u[b, i] + v[b, j])
+        p = self.pair_lookup[i, j]
+        if p.shape[0] >= self.num_pairs:   # fold once for every pair, then look up
+            w, c = self.folded()
+            w, c = w[p], c[p]
+        else:
+            w, c = self.folded(p)
+        return (r * w).sum(-1) + c
+
+    def all_pair_logits(self, u, v) -> torch.Tensor:
+        """Every pair of every image, (B, C(C-1)/2), from the factorised projections. With fc2
+        folded into the pair weights, a pair costs one add, a ReLU and a dot product of size H
+        (no B x pairs x H second-layer activation)."""
+        w, c = self.folded()
+        r = torch.relu(u[:, self.pair_i] + v[:, self.pair_j])             # (B, P, H)
+        return torch.einsum("bph,ph->bp", r, w) + c
+
+    # -- literal reference ---------------------------------------------------------------------
+    def dense_logits(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, C, D) -> (B, C(C-1)/2): concatenate [g_i; g_j] for every pair, as released."""
+        g = self.proj(semantic)
+        x = torch.cat([g[:, self.pair_i], g[:, self.pair_j]], dim=-1)
+        return self.pairs(self.fc2(torch.relu(self.fc1(x))))
+
+    def matrix(self, pair_logits: torch.Tensor) -> torch.Tensor:
+        """(B, pairs) logits -> (B, C, C) probabilities, symmetric, unit diagonal."""
+        b = pair_logits.shape[0]
+        c = self.num_classes
+        prob = torch.sigmoid(pair_logits.float())
+        P = prob.new_zeros(b, c, c)
+        P = P.index_put((torch.arange(b, device=P.device)[:, None], self.pair_i[None], self.pair_j[None]),
+                        prob)
+        P = P + P.transpose(1, 2)
+        return P + torch.eye(c, device=P.device, dtype=P.dtype)
+
+
+def intra_scores(head: CooccurrenceHead, u, v, target: torch.Tensor,
+                 entries: torch.Tensor) -> torch.Tensor:
+    """q^intra_c = (1 / max(|K+|, 1)) sum_{j in K+} P_cj (P_cc = 1) for the entries asked for.
+
+    Parameters
+    ----------
+    u, v : (B, C, H) from :meth:`CooccurrenceHead.project`
+    target : (B, C) partial labels (+1 / -1 / 0)
+    entries : (B, C) bool, the entries to score; the others are 0 in the result
+
+    Only the pairs (c, j), c an asked entry and j a known positive, are evaluated.
+    """
+    pos = target > 0
+    bsz, c = target.shape
+    eye = torch.eye(c, dtype=torch.bool, device=target.device)
+    sel = entries[:, :, None] & pos[:, None, :] & ~eye
+    b, ci, cj = sel.nonzero(as_tuple=True)
+    lo, hi = torch.minimum(ci, cj), torch.maximum(ci, cj)
+    prob = torch.sigmoid(head.pair_logits(u, v, b, lo, hi).float())
+    # Scatter into a (B, C, C) grid (indices are unique: deterministic), then sum over j.
+    grid = u.new_zeros((bsz, c, c), dtype=torch.float32).index_put((b, ci, cj), prob)
+    total = grid.sum(-1) + (entries & pos).float()
+    return total / pos.sum(1, keepdim=True).clamp(min=1).float()
+
+
+def intra_scores_dense(P: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The same score from a full (B, C, C) co-occurrence matrix (reference)."""
+    pos = (target > 0).float()
+    return (P * pos[:, None, :]).sum(-1) / pos.sum(1, keepdim=True).clamp(min=1)
+
+
+class IntraImageTransfer(nn.Module):
+    """The IST head with its loss and scores: one call per training step."""
+
+    def __init__(self, cfg, num_classes: int, dim: int):
+        super().__init__()
+        if cfg.cooc_pairs not in ("all", "sample"):
+            raise ConfigError(f"bad value for 'method.cooc_pairs': {cfg.cooc_pairs!r}; expected "
+                              f"'all' or 'sample'")
+        if cfg.cooc_pairs == "sample" and cfg.cooc_sample < 1:
+            raise ConfigError("bad value for 'method.cooc_sample': expected a positive integer")
+        self.head = CooccurrenceHead(num_classes, dim, cfg.ist_proj_dim, cfg.ist_hidden_dim)
+        self.dense = bool(cfg.dense)
+        self.mode = cfg.cooc_pairs
+        self.sample = int(cfg.cooc_sample)
+        self.focal = dict(gamma_pos=cfg.cooc_gamma_pos, gamma_neg=cfg.cooc_gamma_neg,
+                          clip=cfg.cooc_clip)
+
+    def forward(self, semantic: torch.Tensor, target: torch.Tensor,
+                entries: Optional[torch.Tensor] = None, score_grad: bool = True):
+        """-> (co-occurrence loss (scalar, unweighted), q^intra (B, C) or None).
+
+        ``entries`` (B, C) bool: which q^intra entries are needed (None: no scores).
+        ``score_grad``: whether the scores keep their graph (HST's DTL) or not (SST).
+        """
+        head = self.head
+        pos = target > 0
+        t = pos[:, head.pair_i] & pos[:, head.pair_j]                      # (B, pairs)
+        if self.dense:
+            logits = head.dense_logits(semantic)
+            loss = self._mean(cooccurrence_focal(logits, t, **self.focal), semantic)
+            q = None
+            if entries is not None:
+                with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
+                    q = intra_scores_dense(head.matrix(logits), target) * entries
+            return loss, q
+        u, v = head.project(semantic)
+        if self.mode == "sample" and self.sample < head.num_pairs:
+            loss = self._sampled_loss(u, v, t)
+        else:
+            loss = self._mean(cooccurrence_focal(head.all_pair_logits(u, v), t, **self.focal),
+                              semantic)
+        q = None
+        if entries is not None:
+            with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
+                q = intra_scores(head, u, v, target, entries)
+        return loss, q
+
+    @staticmethod
+    def _mean(terms, like):
+        return terms.mean() if terms.numel() else like.sum() * 0.0
+
+    def _sampled_loss(self, u, v, t):
+        """Unbiased estimate of the all-pairs mean: every known-positive pair (t = 1) counts
+        once; per image, m_b of its n_b other pairs are drawn uniformly without replacement and
+        weighted n_b / m_b (Horvitz-Thompson), and the sum is divided by B x pairs as the
+        all-pairs mean is."""
+        head = self.head
+        bsz, npairs = t.shape
+        # Uniform sample without replacement of the t = 0 pairs: the smallest random keys, with
+        # the t = 1 pairs pushed beyond every draw.
+        keys = torch.rand(bsz, npairs, device=t.device)
+        keys = keys.masked_fill(t, 2.0)
+        m = min(self.sample, npairs)
+        picked_key, picked = keys.topk(m, dim=1, largest=False)
+        valid = picked_key < 1.5                                             # (B, m)
+        n_neg = (~t).sum(1)
+        m_b = valid.sum(1).clamp(min=1)
+        w_neg = (n_neg.float() / m_b.float())[:, None].expand(bsz, m)
+        bn, slot = valid.nonzero(as_tuple=True)
+        pn = picked[bn, slot]
+        bp, pp = t.nonzero(as_tuple=True)
+        b = torch.cat([bp, bn])
+        p = torch.cat([pp, pn])
+        w = torch.cat([torch.ones(bp.shape[0], device=t.device), w_neg[bn, slot]])
+        logits = head.pair_logits(u, v, b, head.pair_i[p], head.pair_j[p])
+        terms = cooccurrence_focal(logits, t[b, p], **self.focal)
+        return (terms * w).sum() / float(bsz * npairs) + u.sum() * 0.0
+
+
+def leave_one_out_intra(q: torch.Tensor, target: torch.Tensor):
+    """q^intra of every entry (B, C), as :func:`intra_scores` gives it for ``entries`` = all ->
+    (scores, valid): a known positive's score without its own term, (sum_{j in K+, j != c} P_cj)
+    / (|K+| - 1), defined when the image has another known positive; any other entry's score
+    as it is, defined when the image has a known positive."""
+    pos = target > 0
+    npos = pos.sum(1, keepdim=True).float()
+    total = q.float() * npos.clamp(min=1)
+    loo = torch.where(pos, (total - 1) / (npos - 1).clamp(min=1), q.float())
+    valid = torch.where(pos, npos >= 2, npos >= 1)
+    return loo, valid
+
+
+def warmup_ramp(batch: dict, epoch: int, enabled: bool = True) -> float:
+    """step / steps_per_epoch during epoch 0 (the released linear warm-up), 1 afterwards."""
+    if not enabled or epoch > 0:
+        return 1.0
+    steps = batch.get("steps_per_epoch")
+    if not steps:
+        return 1.0
+    return float(batch.get("step", 0)) / float(steps)

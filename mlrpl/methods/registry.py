@@ -1,0 +1,113 @@
+"""The method registry: one name, one class; the factory; third-party methods.
+
+    @register_method("toy")            # in the method's own file
+    class Toy(Method): ...
+
+    create_method("toy", ctx, lr=...)  # a built method; list_methods() lists the names
+
+Methods of the package register when :mod:`mlrpl.methods` imports its modules; methods of other
+packages register through the entry-point group ``mlrpl.methods`` (``name = "pkg.module"`` or
+``"pkg.module:Class"``), loaded the first time the registry is asked.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from importlib import metadata
+from pathlib import Path
+
+from mlrpl.errors import ConfigError
+
+# Training regimes a method can declare a recipe for (``Method.recipes``).
+REGIMES = {
+    "cpu-cached": "frozen EfficientNet-Lite0 maps cached once, trained on a few CPU cores",
+    "hcp": "the authors' recipe: ResNet-101 at 448 px, all but the last stage frozen (HCP)",
+    "modern": "a fine-tuned backbone with today's augmentation and schedule",
+}
+
+_METHODS: dict[str, type] = {}
+_loaded = False
+
+
+def register_method(name: str):
+    """Class decorator: register a method under ``name``; a name already taken is an error."""
+    def deco(cls):
+        have = _METHODS.get(name)
+        if have is not None and have is not cls and \
+                (have.__module__, have.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ConfigError(f"method name {name!r} is already registered by "
+                              f"{have.__module__}.{have.__qualname__}; choose another name")
+        for regime in getattr(cls, "recipes", {}):
+            if regime not in REGIMES:
+                raise ConfigError(f"method {name!r} declares a recipe for unknown regime "
+                                  f"{regime!r}; known regimes: {sorted(REGIMES)}")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if not mod.ispkg and not mod.name.startswith("_") and mod.name not in ("base", "registry"):
+            importlib.import_module(f"mlrpl.methods.{mod.name}")
+    for ep in metadata.entry_points(group="mlrpl.methods"):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plug-in package must not hide the built-in methods
+            raise ConfigError(f"the method entry point {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(e).__name__}: {e}") from None
+
+
+def list_methods() -> list[str]:
+    """The registered method names, sorted."""
+    _load()
+    return sorted(_METHODS)
+
+
+def get_method_class(name: str):
+    _load()
+    if name not in _METHODS:
+        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint} (available: {sorted(_METHODS)})")
+    return _METHODS[name]
+
+
+def create_method(name: str, ctx, **cfg):
+    """A method built from its name, a :class:`~mlrpl.methods.base.MethodContext` and config keys
+    (nested keys as dicts): ``create_method("sst", ctx, bank_size=50, trunk={"dim": 256})``."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    cls = get_method_class(name)
+    try:
+        conf = OmegaConf.merge(OmegaConf.structured(cls.Config), {**cfg, "name": name})
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad config for method {name!r}: {e.msg}") from None
+    return cls(conf, ctx)
+
+
+def recipe(name: str, regime: str) -> list[str] | None:
+    """The overrides method ``name`` trains with in ``regime`` (None: it declares none)."""
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown training regime {regime!r}; expected one of {sorted(REGIMES)}")
+    r = get_method_class(name).recipes.get(regime)
+    return None if r is None else list(r)
+
+
+def method_code_digest(name: str) -> str:
+    """A digest of the code method ``name`` runs (its module and every package module it
+    imports): a sweep re-runs a finished run when it changed."""
+    from mlrpl.codeinfo import code_digest, modules
+    module = get_method_class(name).__module__
+    if module not in modules():        # a third-party method: its own file
+        import hashlib
+        import inspect
+        src = inspect.getsource(importlib.import_module(module))
+        return hashlib.sha256(src.encode()).hexdigest()[:16]
+    return code_digest(module)
