@@ -9,6 +9,7 @@ the method's ``Config`` dataclass (see :mod:`mlrpl.methods`), so they are checke
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -211,10 +212,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         v = OmegaConf.select(cfg, key)
         if v not in allowed:
             raise ConfigError(f"bad value for '{key}': {v!r}; expected one of {list(allowed)}")
-    if not 0.0 < cfg.data.known_proportion <= 1.0:
-        raise ConfigError(f"bad value for 'data.known_proportion': {cfg.data.known_proportion}; "
-                          f"expected a proportion in (0, 1]")
+    _check_ranges(cfg)
     return cfg
+
+
+# key -> (test, what was expected). A value outside its range is an error before any work.
+_RANGES = {
+    "data.known_proportion": (lambda v: 0.0 < v <= 1.0, "a proportion in (0, 1]"),
+    "data.holdout": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
+    "data.image_size": (lambda v: v >= 1, "a positive integer"),
+    "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.fpc_n": (lambda v: v is None or v >= 1, "an integer >= 1"),
+    "optim.lr": (lambda v: math.isfinite(v) and v > 0, "a positive learning rate"),
+    "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "optim.momentum": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "optim.backbone_lr_mult": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "optim.grad_clip": (lambda v: v is None or (math.isfinite(v) and v > 0),
+                        "a positive number or null"),
+    "sched.step_size": (lambda v: v >= 1, "an integer >= 1"),
+    "sched.gamma": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "sched.pct_start": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
+    "sched.min_lr": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1 (a run that trains for no epoch "
+                                       "would write a checkpoint of an untrained model)"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.threads": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "train.stop_after_epochs": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "eval.threshold": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+}
+
+
+def _check_ranges(cfg) -> None:
+    for key, (ok, expected) in _RANGES.items():
+        v = OmegaConf.select(cfg, key, default=None)
+        try:
+            good = bool(ok(v))
+        except TypeError:  # None where a number is needed
+            good = False
+        if not good:
+            raise ConfigError(f"bad value for '{key}': {v!r}; expected {expected}")
 
 
 def resolved(cfg: DictConfig) -> dict:

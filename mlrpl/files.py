@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mlrpl.errors import MlrplError
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>.+?)(\.(?P<pid>\d+))?\.tmp$")
 
 
 class DiskError(MlrplError):
@@ -47,7 +47,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete ``.<name>.<pid>.tmp`` files and folders in `folder` whose process is gone.
+    """Delete ``.<name>.<pid>.tmp`` files and folders in `folder` whose process is gone (and
+    ``.<name>.tmp`` ones, written by earlier versions).
 
     Returns what was removed. A temp of a live process (another run writing now) is left."""
     folder = Path(folder)
@@ -58,8 +59,8 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for p in entries:
         m = _TMP.match(p.name)
-        if m is None or pid_alive(int(m["pid"])):
-            continue
+        if m is None or (m["pid"] is not None and pid_alive(int(m["pid"]))):
+            continue  # a live writer's (a temp without a pid is an older writer's, never live)
         try:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)

@@ -16,7 +16,16 @@ log = logging.getLogger("mlrpl")
 
 
 class _Console(logging.StreamHandler):
-    """Marks the handler :func:`console` installs, so that it is installed once."""
+    """Marks the handler :func:`console` installs, so that it is installed once. It writes to
+    whatever ``sys.stdout`` is at the time (a redirected or captured stdout, not a closed one)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def console(level: int = logging.INFO) -> None:

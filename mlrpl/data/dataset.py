@@ -14,58 +14,105 @@ from torch.utils.data import Dataset
 from mlrpl.errors import DataError
 
 
-class BadImageLog:
-    """Images skipped with ``data.on_bad_image=skip`` (shared with the trainer's log)."""
+_WHITE = (255, 255, 255)
 
-    def __init__(self):
-        self.paths: list[str] = []
+
+def to_rgb(im: Image.Image, path=None) -> Image.Image:
+    """An 8-bit RGB image by the library's rule for each mode (docs/decisions.md, "Images").
+
+    * ``RGB``, ``L``, ``1``, ``YCbCr``: converted as PIL does;
+    * 16-bit grayscale (``I;16*``, and ``I`` with values in 0..65535): scaled to 8 bits
+      (v / 257, rounded), never clipped (clipping makes most photos almost white);
+    * alpha (``RGBA``, ``LA``, ``PA``, palettes with transparency): composited over white;
+    * ``P`` (palette): expanded to its colours;
+    * ``CMYK``: PIL's conversion (no colour profile);
+    * anything else (32-bit float ``F``, other integer ranges, ``LAB``, ``HSV``...): refused.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("L", "1", "YCbCr", "CMYK"):
+        return im.convert("RGB")
+    if mode.startswith("I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(f"integer image (mode {mode}) with values {a.min()}..{a.max()} outside "
+                            f"the 16-bit range 0..65535; convert it to 8-bit RGB", path=path)
+        g = np.rint(a / 257.0).astype(np.uint8)
+        return Image.fromarray(g, "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+        if mode == "RGB":
+            return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    raise DataError(f"image mode {mode!r} is not supported (expected RGB, grayscale, 16-bit "
+                    f"grayscale, palette, CMYK or an alpha variant); convert it to 8-bit RGB",
+                    path=path)
 
 
 def load_image(path) -> Image.Image:
+    """Decode an image file to 8-bit RGB (see :func:`to_rgb`), or raise a DataError naming it."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            im.load()
+            return to_rgb(im, path)
     except FileNotFoundError:
         raise DataError("image file not found", path=path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image refused as a possible decompression bomb ({e}); raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS if it is genuine", path=path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"unreadable image ({type(e).__name__}: {e})", path=path) from None
+
+
+def scan_images(paths, show_progress=None) -> np.ndarray:
+    """Decode every image once; returns a bool array, True where the image is readable.
+
+    Used with ``data.on_bad_image=skip`` so that unreadable images are removed before batching
+    (and listed), never replaced by another image on the fly."""
+    from mlrpl.progress import progress
+    ok = np.ones(len(paths), dtype=bool)
+    for i, p in enumerate(progress(paths, desc="checking images", enable=show_progress)):
+        try:
+            load_image(p)
+        except DataError:
+            ok[i] = False
+    return ok
+
+
+def check_images_exist(paths) -> None:
+    """A quick check before any work: every image file exists (decoding errors come later)."""
+    import os
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"image file not found ({len(missing)} of {len(paths)} missing; pass "
+                        f"data.on_bad_image=skip to leave them out)", path=missing[0])
 
 
 class ImageDataset(Dataset):
     """Images of a LabelSet through `transform`.
 
-    With ``on_bad_image="skip"`` an unreadable image is replaced by the next readable one and
-    counted in ``bad``; with ``"error"`` (the default) it raises a DataError naming the file.
-    """
+    An unreadable image raises a DataError naming the file. With ``data.on_bad_image=skip`` the
+    caller removes unreadable images beforehand (:func:`scan_images`), so every item is the image
+    its labels belong to."""
 
-    def __init__(self, labelset, transform, partial: np.ndarray | None = None,
-                 on_bad_image: str = "error"):
+    def __init__(self, labelset, transform, partial: np.ndarray | None = None):
         self.paths = [str(p) for p in labelset.paths()]
         self.full = torch.as_tensor(labelset.labels, dtype=torch.int8)
         self.target = self.full if partial is None else torch.as_tensor(partial, dtype=torch.int8)
         self.transform = transform
-        self.on_bad_image = on_bad_image
-        self.bad = BadImageLog()
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        j = i
-        for _ in range(len(self.paths)):
-            try:
-                img = load_image(self.paths[j])
-                break
-            except DataError:
-                if self.on_bad_image != "skip":
-                    raise
-                if self.paths[j] not in self.bad.paths:
-                    self.bad.paths.append(self.paths[j])
-                j = (j + 1) % len(self.paths)
-        else:
-            raise DataError("no readable image in the dataset", path=self.paths[i])
-        return {"image": self.transform(img), "target": self.target[j], "full": self.full[j],
-                "index": j}
+        img = load_image(self.paths[i])
+        return {"image": self.transform(img), "target": self.target[i], "full": self.full[i],
+                "index": i}
 
 
 class FeatureDataset(Dataset):

@@ -324,6 +324,7 @@ class Trainer:
                     self.cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            faults.point("train.step")
             if self.sched_per_step and self.scheduler is not None:
                 self.scheduler.step()
             method.update_state(outputs, batch)

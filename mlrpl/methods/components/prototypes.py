@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlrpl import dist
+from mlrpl import dist, faults
 from mlrpl.progress import progress
 
 
@@ -107,6 +107,7 @@ class Prototypes(nn.Module):
         the main process, seeded by the experiment seed and the epoch, the same prototypes on
         every process). Returns the number of features clustered."""
         feats, classes = collect_positive_features(ctx, key)
+        faults.point("prototypes")  # the fault suite kills here, mid-recomputation
         feats = feats.reshape(-1, self.centres.shape[-1])
         num_classes, k = self.valid.shape
         if dist.is_main():
