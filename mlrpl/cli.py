@@ -307,7 +307,7 @@ def cmd_sweep(args) -> int:
                      methods=_csv_list(args.methods), proportions=_csv_list(args.proportions, float),
                      seeds=_csv_list(args.seeds, int), reference=args.reference,
                      dry_run=args.dry_run, report=not args.no_report,
-                     argv=["mlrpl", *sys.argv[1:]])
+                     argv=["mlrpl", *sys.argv[1:]], reuse_stale=args.reuse_stale)
 
 
 def cmd_report(args) -> int:
@@ -334,6 +334,9 @@ def _add_sweep_parsers(sub) -> None:
     sw.add_argument("--no-report", action="store_true", help="skip results.csv/md and plots")
     sw.add_argument("--dry-run", action="store_true",
                     help="list the runs and what each would do (train, resume, skip), then exit")
+    sw.add_argument("--reuse-stale", action="store_true",
+                    help="keep finished and resumable runs whose method's code changed since "
+                         "they were made (default: train them again, the old run moved aside)")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="rebuild tables and plots of a sweep or run directory")

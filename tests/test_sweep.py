@@ -15,7 +15,8 @@ from tests.test_engine import tiny
 
 NAMES = ("red_circle", "green_square", "blue_triangle", "yellow_star", "white_ring",
          "purple_cross")
-SSGRL_SMALL = ["method.trunk.dim=16", "method.trunk.attention_dim=8"]
+# ssgrl's cpu-cached recipe (D = 256, 12 epochs) made small for the tests
+SSGRL_SMALL = ["method.trunk.dim=16", "method.trunk.attention_dim=8", "train.epochs=2"]
 
 
 def _embeddings(folder):
@@ -223,7 +224,20 @@ def test_dry_run_lists_what_would_happen(sweep, capsys):
 def test_bad_sweep_configs_write_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     cases = [({"methods": ["pbce"], "proportions": [0.5], "out": str(out), "seed": [0]},
-              "unknown key 'seed'; did you mean 'seeds'"),
+              ("unknown config key 'seed'", "did you mean 'seeds'")),
+             ({"methods": [{"name": "pbce", "lable": "x"}], "proportions": [0.5], "out": str(out)},
+              ("unknown config key 'lable' in the entry of method 'pbce'", "did you mean 'label'")),
+             ({"base": {"confg": "x.yaml"}, "methods": ["pbce"], "proportions": [0.5],
+               "out": str(out)}, ("unknown config key 'confg' in 'base'", "'config'")),
+             ({"methods": ["pbce"], "proportions": [0.5], "seeds": [0, 1.5], "out": str(out)},
+              ("bad value for 'seeds[1]'",)),
+             ({"methods": ["pbce"], "proportions": [0.5], "report": {"reference": "maybe"},
+               "out": str(out)}, ("bad value for 'report.reference'",)),
+             ({"methods": ["pbce"], "proportions": [0.5], "regime": "gpu", "out": str(out)},
+              ("bad value for 'regime'", "cpu-cached")),
+             # no method declares a recipe for `modern`: the sweep must say how to train it
+             ({"methods": ["pbce"], "proportions": [0.5], "regime": "modern", "out": str(out)},
+              ("method 'pbce' declares no recipe for regime 'modern'", "method_overrides")),
              ({"methods": ["pbcee"], "proportions": [0.5], "out": str(out)},
               "unknown method 'pbcee'; did you mean 'pbce'"),
              ({"methods": ["pbce"], "proportions": [0.5, 1.5], "out": str(out)},
@@ -237,8 +251,28 @@ def test_bad_sweep_configs_write_nothing(tmp_path, capsys):
         f = tmp_path / "s.yaml"
         f.write_text(yaml.safe_dump(spec))
         assert main(["sweep", "--config", str(f)]) == 2
-        assert msg in capsys.readouterr().err, msg
+        err = capsys.readouterr().err
+        for part in (msg if isinstance(msg, tuple) else (msg,)):
+            assert part in err, (part, err)
     assert not out.exists()
+
+
+def test_recipes_travel_with_methods():
+    """Each method trains with its own recipe for the sweep's regime, under method_overrides."""
+    from mlrpl.methods import recipe
+    from mlrpl.sweep import load_sweep, run_config
+    spec = load_sweep(data={"methods": ["pbce", "ssgrl"], "proportions": [0.3], "out": "o",
+                            "method_overrides": {"ssgrl": ["optim.lr=0.002"]}})
+    assert spec.regime == "cpu-cached"
+    pbce, ssgrl = (run_config(spec, r) for r in spec.runs())
+    assert ssgrl.method.trunk.dim == 256 and ssgrl.train.epochs == 12 and ssgrl.optim.lr == 0.002
+    assert pbce.train.epochs == 20 and pbce.optim.lr == 0.001       # pbce: the defaults
+    assert spec.methods[1].recipe == recipe("ssgrl", "cpu-cached")
+    assert spec.runs()[1].overrides == [*recipe("ssgrl", "cpu-cached"), "optim.lr=0.002"]
+    # a regime without a recipe works when the sweep says how to train the method
+    spec = load_sweep(data={"methods": ["pbce"], "proportions": [0.3], "out": "o",
+                            "regime": "modern", "method_overrides": {"pbce": ["train.epochs=3"]}})
+    assert run_config(spec, spec.runs()[0]).train.epochs == 3
 
 
 def test_shipped_sweep_configs_resolve():
@@ -256,6 +290,10 @@ def test_shipped_sweep_configs_resolve():
         cfg = run_config(spec, runs[1])
         assert cfg.seed == 1 and cfg.data.known_proportion == 0.1 and cfg.method.name == "pbce"
         assert cfg.run.dir == f"{out}/runs/pbce_p0.1_s1" and cfg.model.freeze == "all"
+        assert spec.regime == "cpu-cached"
+        ssgrl = run_config(spec, runs[15])   # its recipe, not written in the sweep config
+        assert ssgrl.method.trunk.dim == 256 and ssgrl.train.epochs == 12
+        assert ssgrl.optim.lr == 0.001
     assert "configs/sweeps/*.yaml" in (REPO / "pyproject.toml").read_text()
 
 
@@ -301,3 +339,55 @@ def test_config_drift_ignores_keys_added_to_the_schema_later():
         "bins": 50, "positive_quantile": 0.1}}}) == []
     assert config_drift(saved, {"seed": 1, "method": {"name": "hst", "satl": {"bins": 50}}}) == ["seed"]
     assert config_drift(saved, {"seed": 0, "method": {"name": "hst"}}) == ["method.satl.bins"]
+
+
+def test_changed_method_code_redoes_a_finished_run(shapes, cache_dir, tmp_path, capsys):
+    """A finished run whose method's code changed is trained again (the old one moved aside),
+    unless the sweep is told to reuse it; results rows carry the code each run was made with."""
+    from mlrpl.engine.rundir import code_version
+    from mlrpl.methods import method_code_digest
+    out = tmp_path / "out"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": {"overrides": tiny(shapes, cache_dir, out / "x", "train.epochs=1",
+                                   "train.progress=never")},
+        "methods": ["pbce"], "proportions": [0.3], "seeds": [0], "out": str(out)}))
+    args = ["sweep", "--config", str(spec), "--no-report"]
+    run = out / "runs/pbce_p0.3_s0"
+    assert main(args) == 0
+    made = json.loads((run / "run.json").read_text())
+    assert made["method_code"] == method_code_digest("pbce")
+    made["method_code"] = "0" * 16            # as if pbce's code had changed since
+    (run / "run.json").write_text(json.dumps(made))
+    mtime = (run / "last.pt").stat().st_mtime_ns
+    start = len((out / "sweep.log").read_text())
+
+    assert main(args + ["--reuse-stale"]) == 0
+    assert "skip    pbce_p0.3_s0" in _log_since(out, start)
+    assert (run / "last.pt").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert main(args + ["--dry-run"]) == 0
+    assert "redo (method code changed since this run)" in capsys.readouterr().out
+
+    start = len((out / "sweep.log").read_text())
+    assert main(args) == 0
+    log = _log_since(out, start)
+    assert "redo    pbce_p0.3_s0: method code changed since this run" in log
+    assert "start   pbce_p0.3_s0: redo" in log
+    aside = out / "runs/pbce_p0.3_s0.stale-1"
+    assert json.loads((aside / "run.json").read_text())["method_code"] == "0" * 16
+    assert (aside / "last.pt").stat().st_mtime_ns == mtime
+    assert json.loads((run / "run.json").read_text())["method_code"] == method_code_digest("pbce")
+    assert json.loads((run / "sweep_run.json").read_text())["action"] == "redone"
+
+    recorded = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert recorded["regime"] == "cpu-cached"
+    assert {k: recorded[k] for k in ("mlrpl_version", "git_commit", "git_dirty")} == code_version()
+    assert main(["report", str(out), "--no-plots"]) == 0
+    rows = _results(out)
+    assert list(rows) == ["pbce_p0.3_s0"]     # the run moved aside is not a row
+    for key in ("mlrpl_version", "git_commit", "git_dirty"):
+        assert rows["pbce_p0.3_s0"][key] == ("" if made[key] is None else str(made[key]))
+    (run / "run.json").unlink()               # a run made before run.json existed
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert _results(out)["pbce_p0.3_s0"]["git_commit"] == ""

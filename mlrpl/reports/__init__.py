@@ -16,15 +16,17 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from mlrpl.engine import rundir
 from mlrpl.errors import MlrplError
+from mlrpl.sweepspec import SPEC_FILE, read_spec_file
 
 
 def _run_plots(run_dir: Path, plot_dir: Path, name: str, which: str = "last") -> tuple[list, list]:
     """The three plots of one run; returns (written paths, per-class rows or None)."""
     from mlrpl.reports import plots
-    from mlrpl.reports.tables import per_class_for_run, read_summary
+    from mlrpl.reports.tables import per_class_for_run
     written = []
-    summary = read_summary(run_dir)
+    summary = rundir.read_summary(run_dir)
     if summary:
         written.append(plots.plot_training_curves(summary, plot_dir / "training_curves.png", name))
         pl = plots.plot_pseudo_labels(summary, plot_dir / "pseudo_labels.png", name)
@@ -48,9 +50,10 @@ def _distribution_plot(run_dir: Path, png: Path, name: str):
     """SATL's figure (score histograms and per-class thresholds) when the run keeps them."""
     from mlrpl.engine.checkpoint import load_checkpoint
     from mlrpl.reports.satl import has_distributions, load_distributions, plot_score_distributions
-    path = run_dir / "last.pt"
+    path = run_dir / rundir.LAST
     if not path.is_file():
-        return None
+        # checkpoints are not kept with recorded sweeps: a figure drawn earlier stays listed
+        return png if png.is_file() else None
     ckpt = load_checkpoint(path)
     if not has_distributions(ckpt):
         return None
@@ -78,7 +81,7 @@ def _default_run_plots(rows) -> list[str]:
 
 def _resolve_run(sweep_dir: Path, run: str) -> Path:
     for cand in (Path(run), sweep_dir / "runs" / run, sweep_dir / run):
-        if (cand / "config.yaml").is_file():
+        if (cand / rundir.CONFIG).is_file():
             return cand
     raise MlrplError(f"run {run!r} not found (a run name under {sweep_dir / 'runs'} or a run "
                      f"directory)")
@@ -89,7 +92,6 @@ def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
     """Write results.csv, results.md and plots/ of a sweep directory; returns the paths."""
     from mlrpl.reports import plots as P
     from mlrpl.reports.tables import collect_rows, results_markdown, write_results_csv
-    from mlrpl.sweep import read_spec_file
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     if not rows:
@@ -147,8 +149,8 @@ def build_run_report(run_dir, which: str = "last", plots: bool = True) -> list[P
     """Write report.md and plots/ (training curves, per-class AP, pseudo-labels) of a run."""
     from mlrpl.reports.tables import per_class_for_run, run_markdown
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MlrplError(f"{run_dir}: not a run directory (no config.yaml)")
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise MlrplError(f"{run_dir}: not a run directory (no {rundir.CONFIG})")
     files, per_class = [], None
     if plots:
         files, per_class = _run_plots(run_dir, run_dir / "plots", run_dir.name, which)
@@ -165,8 +167,8 @@ def build_run_report(run_dir, which: str = "last", plots: bool = True) -> list[P
 
 def is_sweep_dir(path) -> bool:
     p = Path(path)
-    return (p / "sweep.yaml").is_file() or ((p / "runs").is_dir()
-                                            and not (p / "config.yaml").is_file())
+    return (p / SPEC_FILE).is_file() or ((p / "runs").is_dir()
+                                         and not (p / rundir.CONFIG).is_file())
 
 
 def build_report(path, reference: bool | None = None, run_plots=None, baseline=None,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrpl.reports.tables import (BEST_LABEL, _finite, ordered, pl_sources, read_summary,
-                                  values_by)
+from mlrpl.engine.rundir import read_summary
+from mlrpl.reports.tables import BEST_LABEL, _finite, ordered, pl_sources, values_by
 
 DPI = 120
 

@@ -7,61 +7,29 @@ from the run's checkpoint (which needs the dataset and, for a frozen backbone, t
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from mlrpl.engine import rundir
+from mlrpl.engine.rundir import number as _num
+from mlrpl.engine.rundir import read_config, read_summary  # noqa: F401 (the reports' readers)
 from mlrpl.metrics import METRIC_KEYS
+from mlrpl.sweepspec import read_spec_file
 
 EVAL_KEYS = (*METRIC_KEYS, "eval_images")
+# The code a run was made with, from its run.json (empty for runs made before it existed).
+CODE_KEYS = ("mlrpl_version", "git_commit", "git_dirty")
 HEAD = ("method", "method_name", "p", "seed", "run_dir", "status", "action", "epochs",
-        "epochs_configured", "best_epoch", "wall_s")
+        "epochs_configured", "best_epoch", "wall_s", *CODE_KEYS)
 TABLE_METRICS = ("mAP", "CF1", "OF1")
 BEST_LABEL = "best epoch on the evaluation split (optimistic)"
 _PL = re.compile(r"^pl_(.+)_(n|precision|recall)$")
 
 
 # ---- reading a run ------------------------------------------------------------------------------
-def _num(v):
-    if isinstance(v, (int, float)) or v is None:
-        return v
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def read_config(run_dir) -> dict:
-    f = Path(run_dir) / "config.yaml"
-    if not f.is_file():
-        return {}
-    try:
-        return yaml.safe_load(f.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-
-
-def read_summary(run_dir) -> list[dict]:
-    """``summary.csv`` as a list of dicts of numbers (one per epoch; empty when absent)."""
-    f = Path(run_dir) / "summary.csv"
-    if not f.is_file():
-        return []
-    with open(f, newline="") as fh:
-        return [{k: _num(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-
-
 def pl_sources(columns) -> list[str]:
     """Pseudo-label sources present among columns ``pl_<source>_{n,precision,recall}``."""
     out = []
@@ -76,28 +44,44 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def run_row(run_dir, sweep_dir=None, meta: dict | None = None) -> dict:
-    """One results row for a run directory (whatever state it is in)."""
-    from mlrpl.sweep import ERROR_FILE, RUN_RECORD
-    run_dir = Path(run_dir)
-    meta = meta or {}
-    cfg = read_config(run_dir)
-    rec = _read_json(run_dir / RUN_RECORD)
-    metrics = _read_json(run_dir / "metrics.json")
-    epochs_conf = (cfg.get("train") or {}).get("epochs")
-    epochs = int(metrics.get("epochs", 0) or 0)
-    err_file = run_dir / ERROR_FILE
+def _status(run_dir: Path, rec: dict, metrics: dict, epochs_conf) -> tuple[str, str | None]:
+    """(done | incomplete | failed | missing, the error's text or None) of a run."""
+    err_file = run_dir / rundir.ERROR
     error = rec.get("error") if rec.get("status") == "failed" else None
     if error is None and err_file.is_file() and rec.get("status") != "done":
         error = err_file.read_text().split("\n\n", 1)[0].strip()
+    epochs = int(metrics.get("epochs", 0) or 0)
     if rec.get("status") == "failed" or error:
-        status = "failed"
-    elif metrics and epochs_conf is not None and epochs >= int(epochs_conf):
-        status = "done"
-    elif metrics or (run_dir / "last.pt").is_file():
-        status = "incomplete"
-    else:
-        status = "missing"
+        return "failed", error
+    if metrics and epochs_conf is not None and epochs >= int(epochs_conf):
+        return "done", None
+    if metrics or (run_dir / rundir.LAST).is_file():
+        return "incomplete", None
+    return "missing", None
+
+
+def _metric_cells(metrics: dict) -> dict:
+    """Last-epoch metrics, losses and pseudo-label quality, then ``best_*`` of the best epoch."""
+    last, best = metrics.get("last") or {}, metrics.get("best") or {}
+    row = {k: last.get(k) for k in EVAL_KEYS}
+    row.update({k: last[k] for k in sorted(k for k in last if k.startswith("loss_"))})
+    for src in pl_sources(last):
+        row.update({f"pl_{src}_{part}": last[f"pl_{src}_{part}"]
+                    for part in ("n", "precision", "recall") if f"pl_{src}_{part}" in last})
+    row.update({f"best_{k}": best.get(k) for k in EVAL_KEYS})
+    return row
+
+
+def run_row(run_dir, sweep_dir=None, meta: dict | None = None) -> dict:
+    """One results row for a run directory (whatever state it is in)."""
+    run_dir = Path(run_dir)
+    meta = meta or {}
+    cfg = read_config(run_dir)
+    rec = rundir.read_json(run_dir / rundir.SWEEP_RECORD)
+    made = rundir.read_run_record(run_dir)
+    metrics = rundir.read_json(run_dir / rundir.METRICS)
+    epochs_conf = (cfg.get("train") or {}).get("epochs")
+    status, error = _status(run_dir, rec, metrics, epochs_conf)
     rel = run_dir
     if sweep_dir is not None:
         try:
@@ -113,33 +97,33 @@ def run_row(run_dir, sweep_dir=None, meta: dict | None = None) -> dict:
         "run_dir": str(rel),
         "status": status,
         "action": rec.get("action", ""),
-        "epochs": epochs,
+        "epochs": int(metrics.get("epochs", 0) or 0),
         "epochs_configured": epochs_conf,
         "best_epoch": (int(metrics["best_epoch"]) + 1
                        if metrics.get("best_epoch") is not None and metrics.get("best") else None),
         "wall_s": rec.get("wall_s_total"),
+        **{k: made.get(k) for k in CODE_KEYS},
     }
     if status in ("done", "incomplete"):
-        last, best = metrics.get("last") or {}, metrics.get("best") or {}
-        for k in EVAL_KEYS:
-            row[k] = last.get(k)
-        for k in sorted(k for k in last if k.startswith("loss_")):
-            row[k] = last[k]
-        for src in pl_sources(last):
-            for part in ("n", "precision", "recall"):
-                if f"pl_{src}_{part}" in last:
-                    row[f"pl_{src}_{part}"] = last[f"pl_{src}_{part}"]
-        for k in EVAL_KEYS:
-            row[f"best_{k}"] = best.get(k)
+        row.update(_metric_cells(metrics))
     row["error"] = error.splitlines()[0] if error else ""
     return row
+
+
+# A run directory moved aside (``<run>.stale-<n>`` by a sweep, ``<run>.replaced-<time>`` by
+# run.overwrite): kept on disk, never a row of the tables.
+_SET_ASIDE = re.compile(r"\.(stale|replaced)-[0-9-]+$")
+
+
+def _is_listed_run(d: Path) -> bool:
+    return d.is_dir() and not _SET_ASIDE.search(d.name) and any(
+        (d / f).is_file() for f in (rundir.RUN_RECORD, rundir.CONFIG, rundir.SWEEP_RECORD))
 
 
 def collect_rows(sweep_dir) -> list[dict]:
     """Every run of a sweep directory: those its ``sweep.yaml`` lists (in its order, ``missing``
     when not on disk), then any other run directory under ``runs/`` (from earlier sweeps into the
-    same directory)."""
-    from mlrpl.sweep import RUN_RECORD, read_spec_file
+    same directory; not those moved aside)."""
     sweep_dir = Path(sweep_dir)
     spec = read_spec_file(sweep_dir) or {}
     rows, seen = [], set()
@@ -149,10 +133,8 @@ def collect_rows(sweep_dir) -> list[dict]:
         seen.add(d.resolve())
     runs = sweep_dir / "runs"
     if runs.is_dir():
-        for d in sorted(runs.iterdir()):
-            if d.is_dir() and d.resolve() not in seen and (
-                    (d / "config.yaml").is_file() or (d / RUN_RECORD).is_file()):
-                rows.append(run_row(d, sweep_dir))
+        rows += [run_row(d, sweep_dir) for d in sorted(runs.iterdir())
+                 if d.resolve() not in seen and _is_listed_run(d)]
     return rows
 
 
@@ -352,7 +334,6 @@ def _recipes(sweep_dir: Path, rows: list[dict]) -> dict[str, list[str]]:
 def results_markdown(sweep_dir, rows: list[dict], reference: bool = False,
                      baseline: str = "pbce", plots: list[str] = ()) -> str:
     from mlrpl.reports.published import dataset_of, published_markdown
-    from mlrpl.sweep import read_spec_file
     sweep_dir = Path(sweep_dir)
     spec = read_spec_file(sweep_dir) or {}
     methods = ordered([m["label"] for m in spec.get("methods", [])] + [r["method"] for r in rows])
@@ -482,8 +463,8 @@ def per_class_for_run(run_dir, which: str = "last") -> list[dict]:
         raise MlrplError(f"{ckpt}: {result['scores'].shape[0]} scored images but "
                          f"{val.labels.shape[0]} labelled (unreadable images skipped?)")
     partial = None
-    if (run_dir / "mask.npy").is_file():
-        partial = np.load(run_dir / "mask.npy", allow_pickle=False)
+    if (run_dir / rundir.MASK).is_file():
+        partial = np.load(run_dir / rundir.MASK, allow_pickle=False)
     same = partial is None or partial.shape == train.labels.shape
     rows = per_class_from_scores(result["scores"], val.labels, val.classes, partial,
                                  train.labels if same else None, threshold=cfg.eval.threshold)
@@ -495,7 +476,7 @@ def run_markdown(run_dir, per_class: list[dict] | None, plots=()) -> str:
     """A single run's report: last and best epoch metrics, per-class AP."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = rundir.read_json(run_dir / rundir.METRICS)
     last, best = metrics.get("last") or {}, metrics.get("best") or {}
     d, mdl = cfg.get("data") or {}, cfg.get("model") or {}
     out = [f"# Run {run_dir.name}", "",
