@@ -53,7 +53,7 @@ TIMING = ("time_train_s", "time_eval_s")
 
 
 def base_args(data: Path, emb: Path, cache: Path, run: Path, method: str, epochs: int) -> list:
-    return [f"data.root={data}", "data.dataset=yolo", "data.train_split=train",
+    return ["train", f"data.root={data}", "data.dataset=yolo", "data.train_split=train",
             "data.val_split=val", "data.image_size=64", "data.known_proportion=0.5",
             f"data.embeddings={emb}", "model.backbone=efficientnet_lite0", "model.freeze=all",
             f"model.cache_dir={cache}", "optim.lr=0.01", "sched.name=step", "sched.step_size=1",
@@ -172,7 +172,7 @@ def main() -> int:
             rc, err = 0, ""
             if killed:
                 again = (["train", "--resume", "--run-dir", str(run)] if had_ckpt else argv)
-                rc, err = run_to_end(again if had_ckpt else ["train", *argv], env, args.timeout)
+                rc, err = run_to_end(again, env, args.timeout)
             counts["points"] += 1
             if rc != 0:
                 counts["failed"] += 1
