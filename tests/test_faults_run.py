@@ -269,3 +269,33 @@ def test_distributed_evaluation_equals_one_process(tmp_path, world, n, batch):
              nprocs=world, join=True)
     # every item once, in dataset order, although the sampler pads the last shards with repeats
     assert np.array_equal(np.load(out), single)
+
+
+def test_too_little_disk_for_the_checkpoints_is_one_error_before_training(shapes, cache_dir,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    run = tmp_path / "run"
+    assert main(["train", *tiny(shapes, cache_dir, run)]) == 2
+    assert "not enough free space for the checkpoints" in one_error_line(capsys)
+    assert not run.exists()
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_error(shapes, cache_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    import mlrpl.engine.checkpoint as ck
+    real = torch.save
+
+    def full(obj, fh, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ck.torch, "save", full)
+    run = tmp_path / "run"
+    try:
+        assert main(["train", *tiny(shapes, cache_dir, run, "train.epochs=1")]) == 2
+    finally:
+        monkeypatch.setattr(ck.torch, "save", real)
+    assert "last.pt: no space left on the device (disk full)" in one_error_line(capsys)
+    assert not list(run.glob(".*.tmp"))
