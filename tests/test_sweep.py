@@ -391,3 +391,23 @@ def test_changed_method_code_redoes_a_finished_run(shapes, cache_dir, tmp_path, 
     (run / "run.json").unlink()               # a run made before run.json existed
     assert main(["report", str(out), "--no-plots"]) == 0
     assert _results(out)["pbce_p0.3_s0"]["git_commit"] == ""
+
+
+def test_recorded_runs_keep_their_configs():
+    """The shipped sweep configs still make the configs of the recorded runs (one run per method
+    of each sweep; `config_drift` over all of them is part of a recipe change's review)."""
+    from mlrpl.config import resolved
+    from mlrpl.engine.rundir import read_config
+    from mlrpl.sweep import config_drift, load_sweep, run_config
+    checked = 0
+    for f in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        spec = load_sweep(f)
+        first = {}
+        for run in spec.runs():
+            if read_config(run.dir(REPO / spec.out)):
+                first.setdefault(run.method, run)
+        for run in first.values():
+            saved = read_config(run.dir(REPO / spec.out))
+            assert config_drift(saved, resolved(run_config(spec, run))) == [], (f.name, run.name)
+            checked += 1
+    assert checked >= 20
