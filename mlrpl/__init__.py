@@ -1,13 +1,23 @@
-"""mlrpl: multi-label image recognition with partial labels."""
+"""mlrpl: multi-label image recognition with partial labels.
+
+The Python API (:mod:`mlrpl.api`) and the method factory (:mod:`mlrpl.methods.registry`) are
+re-exported here, imported on first use so that ``import mlrpl`` stays light (no torch) for the
+command line's startup::
+
+    mlrpl.load(path) / mlrpl.train(cfg) / mlrpl.evaluate(checkpoint)
+    mlrpl.create_method(name, ctx, **cfg) / mlrpl.list_methods()
+"""
 from mlrpl.version import __version__
 
-_API = ("load", "train", "evaluate", "Predictor")
+_EXPORTS = {"load": "mlrpl.api", "train": "mlrpl.api", "evaluate": "mlrpl.api",
+            "Predictor": "mlrpl.api", "create_method": "mlrpl.methods.registry",
+            "list_methods": "mlrpl.methods.registry"}
+
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name):
-    # The Python API (mlrpl.load / train / evaluate), imported on first use: `import mlrpl`
-    # stays light (no torch) for the command line's startup.
-    if name in _API:
-        from mlrpl import api
-        return getattr(api, name)
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mlrpl' has no attribute {name!r}")

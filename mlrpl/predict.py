@@ -25,10 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # ---- opening a checkpoint -------------------------------------------------------------------
 def _load_model_state(model, ckpt):
-    try:  # its home after the engine split (issue 10)
-        from mlrpl.engine.checkpoint import load_model_state
-    except ImportError:
-        from mlrpl.engine.trainer import load_model_state
+    from mlrpl.engine.checkpoint import load_model_state
     load_model_state(model, ckpt)
 
 

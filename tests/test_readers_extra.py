@@ -22,8 +22,6 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_registered_names():
-    from mlrpl.data.readers import _load_all
-    _load_all()
     for name in ("coco", "coco2014", "coco2017", "vg200", "vg", "nuswide", "csv", "npy"):
         assert name in READERS
 

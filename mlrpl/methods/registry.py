@@ -11,13 +11,11 @@ packages register through the entry-point group ``mlrpl.methods`` (``name = "pkg
 """
 from __future__ import annotations
 
-import difflib
 import importlib
-import pkgutil
-from importlib import metadata
 from pathlib import Path
 
 from mlrpl.errors import ConfigError
+from mlrpl.registry import Registry
 
 # Training regimes a method can declare a recipe for (``Method.recipes``).
 REGIMES = {
@@ -26,57 +24,30 @@ REGIMES = {
     "modern": "a fine-tuned backbone with today's augmentation and schedule",
 }
 
-_METHODS: dict[str, type] = {}
-_loaded = False
+_METHODS = Registry("method", "mlrpl.methods", Path(__file__).parent, "mlrpl.methods",
+                    ConfigError, skip=("base", "registry"))
 
 
 def register_method(name: str):
     """Class decorator: register a method under ``name``; a name already taken is an error."""
     def deco(cls):
-        have = _METHODS.get(name)
-        if have is not None and have is not cls and \
-                (have.__module__, have.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ConfigError(f"method name {name!r} is already registered by "
-                              f"{have.__module__}.{have.__qualname__}; choose another name")
         for regime in getattr(cls, "recipes", {}):
             if regime not in REGIMES:
                 raise ConfigError(f"method {name!r} declares a recipe for unknown regime "
                                   f"{regime!r}; known regimes: {sorted(REGIMES)}")
+        _METHODS.add(name, cls)
         cls.name = name
-        _METHODS[name] = cls
         return cls
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if not mod.ispkg and not mod.name.startswith("_") and mod.name not in ("base", "registry"):
-            importlib.import_module(f"mlrpl.methods.{mod.name}")
-    for ep in metadata.entry_points(group="mlrpl.methods"):
-        try:
-            ep.load()
-        except Exception as e:  # a broken plug-in package must not hide the built-in methods
-            raise ConfigError(f"the method entry point {ep.name!r} ({ep.value}) failed to load: "
-                              f"{type(e).__name__}: {e}") from None
-
-
 def list_methods() -> list[str]:
     """The registered method names, sorted."""
-    _load()
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def get_method_class(name: str):
-    _load()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(str(name), list(_METHODS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown method {name!r}{hint} (available: {sorted(_METHODS)})")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def create_method(name: str, ctx, **cfg):

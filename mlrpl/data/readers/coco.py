@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.data.labelset import LabelSet
-from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.registry import register_reader
 from mlrpl.errors import DataError, require_dir, require_file
 
 

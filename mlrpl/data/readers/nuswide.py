@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.data.labelset import LabelSet
-from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.registry import register_reader
 from mlrpl.data.readers.common import read_lines, read_names, resolve
 from mlrpl.errors import DataError, require_dir
 

@@ -54,7 +54,7 @@ import numpy as np
 
 from mlrpl.data.encoding import ENCODINGS, NEG, POS, UNK, check_encoding, to_internal
 from mlrpl.data.labelset import LabelSet
-from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.registry import register_reader
 from mlrpl.data.readers.common import read_lines, read_names
 from mlrpl.errors import DataError, require_file
 

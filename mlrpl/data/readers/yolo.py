@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from mlrpl.data.labelset import LabelSet
-from mlrpl.data.readers import register_reader
+from mlrpl.data.readers.registry import register_reader
 from mlrpl.data.readers.common import read_lines
 from mlrpl.errors import DataError, require_dir, require_file
 

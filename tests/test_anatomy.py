@@ -1,0 +1,256 @@
+"""The method anatomy (issue "One method, one place"): the contract, the registry, recipes, the
+import graph, process-wide settings, and the toy method of docs/adding-a-method.md."""
+import importlib
+import logging
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mlrpl
+from mlrpl.codeinfo import cycles, import_graph, reachable
+from mlrpl.errors import ConfigError
+from mlrpl.methods import REGIMES, create_method, list_methods, recipe, register_method
+from mlrpl.methods.base import Method, MethodConfig, MethodContext
+from tests.conftest import REPO
+from tests.test_engine import tiny
+from tests.test_transfer import _embeddings, batch_of
+
+BUILT_IN = ["hst", "pbce", "satl", "ssgrl", "sst"]
+
+
+def context(num_classes=4, channels=6):
+    rng = np.random.default_rng(0)
+    partial = np.where(rng.random((12, num_classes)) < 0.6,
+                       np.where(rng.random((12, num_classes)) < 0.4, 1, -1), 0).astype(np.int8)
+    return MethodContext(num_classes=num_classes, feature_channels=channels,
+                         class_names=[f"c{i}" for i in range(num_classes)],
+                         partial_labels=partial,
+                         embeddings=rng.normal(size=(num_classes, 5)).astype(np.float32))
+
+
+# ---- the import graph ---------------------------------------------------------------------------
+def test_no_import_cycle_in_the_package():
+    assert cycles() == []
+
+
+def test_cycle_finder_finds_a_cycle():
+    g = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset()}
+    assert cycles(g) == [["a", "b", "c"]]
+
+
+def test_methods_and_losses_never_reach_the_engine():
+    graph = import_graph()
+    for mod in graph:
+        if mod.startswith("mlrpl.methods") or mod == "mlrpl.losses":
+            assert not [m for m in reachable(mod) if m.startswith("mlrpl.engine")], mod
+
+
+# ---- the contract --------------------------------------------------------------------------------
+SMALL = {"trunk": {"dim": 8, "attention_dim": 4}}
+VARIANTS = [("pbce", {}), ("ssgrl", SMALL),
+            ("sst", {**SMALL, "start_epoch": 0, "bank_size": 3, "threshold_start": 0.1}),
+            ("sst", {**SMALL, "start_epoch": 0, "thresholds": "satl",
+                     "satl": {"min_positives": 1}}),
+            ("hst", {**SMALL, "start_epoch": 0, "threshold_init": 0.1}),
+            ("hst", {**SMALL, "start_epoch": 0, "thresholds": "satl",
+                     "satl": {"min_positives": 1}}),
+            ("satl", {**SMALL, "start_epoch": 0, "satl": {"min_positives": 1}})]
+
+
+# BatchNorm's running statistics move in every training-mode forward by PyTorch's design; they
+# are the layer's, not the method's state.
+_BN = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _state(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items() if not k.endswith(_BN)}
+
+
+@pytest.mark.parametrize("name, cfg", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+def test_forward_never_changes_state_update_state_does(name, cfg):
+    torch.manual_seed(0)
+    m = create_method(name, context(), **cfg).train()
+    if hasattr(m, "prototypes"):
+        m.prototypes.centres.normal_()
+        m.prototypes.valid.fill_(True)
+    target = [[1, 0, -1, 0], [1, 1, 0, -1], [0, 1, -1, 1]]
+    b = batch_of(target, epoch=1)
+    before = _state(m)
+    outs = [m(b["features"], b) for _ in range(2)]
+    after = _state(m)
+    assert after.keys() == before.keys()
+    for k in before:
+        assert torch.equal(before[k].nan_to_num(), after[k].nan_to_num()), \
+            f"{name}: forward changed {k}"
+    if name in ("pbce", "ssgrl"):
+        return
+    quality = m.quality.counts.clone()
+    m.update_state(outs[0], b)
+    changed = [k for k, v in _state(m).items()
+               if not torch.equal(v.nan_to_num(), before[k].nan_to_num())]
+    assert changed or not torch.equal(m.quality.counts, quality), \
+        f"{name}: update_state changed nothing"
+
+
+def test_every_hook_is_declared_on_the_base():
+    for hook in ("forward", "loss", "update_state", "on_epoch_start", "epoch_stats",
+                 "param_groups", "inference_thresholds"):
+        assert callable(getattr(Method, hook)), hook
+        assert getattr(Method, hook).__doc__, f"{hook} has no docstring"
+
+
+# ---- registry and recipes ------------------------------------------------------------------------
+def test_factory_and_listing():
+    assert mlrpl.list_methods() == list_methods() and set(BUILT_IN) <= set(list_methods())
+    m = mlrpl.create_method("sst", context(), bank_size=7, trunk={"dim": 8, "attention_dim": 4})
+    assert m.bank.features.shape == (4, 7, 8)
+    with pytest.raises(ConfigError, match="bad config for method 'sst'"):
+        create_method("sst", context(), bank_sise=7)
+    with pytest.raises(ConfigError, match="unknown method 'sts'; did you mean 'sst'"):
+        create_method("sts", context())
+
+
+def test_registering_a_name_twice_is_an_error():
+    @dataclass_config
+    class Other(Method):
+        pass
+    with pytest.raises(ConfigError, match="'pbce' is already registered by mlrpl.methods.pbce"):
+        register_method("pbce")(Other)
+    with pytest.raises(ConfigError, match="unknown regime 'gpu'"):
+        register_method("other_regime")(type("R", (Method,), {"recipes": {"gpu": []}}))
+
+
+def dataclass_config(cls):
+    cls.Config = MethodConfig
+    return cls
+
+
+def test_every_method_declares_a_recipe_for_each_regime_it_runs_in():
+    for name in BUILT_IN:
+        for regime in ("cpu-cached", "hcp"):
+            assert recipe(name, regime) is not None, (name, regime)
+    assert recipe("ssgrl", "cpu-cached") == ["method.trunk.dim=256", "method.trunk.attention_dim=128",
+                                             "optim.lr=0.001", "train.epochs=12"]
+    assert recipe("pbce", "cpu-cached") == []
+    assert "modern" in REGIMES and recipe("pbce", "modern") is None
+    with pytest.raises(ConfigError, match="unknown training regime"):
+        recipe("pbce", "laptop")
+
+
+def test_a_recipe_reproduces_the_cpu_preset():
+    """The recipe is what the CPU presets say (the sweeps apply recipes, users the presets)."""
+    from mlrpl.config import load_config, resolved
+    for name in ("ssgrl", "sst", "hst", "satl"):
+        preset = resolved(load_config(f"configs/voc2007-2k_{name}_cpu.yaml"))
+        built = resolved(load_config("configs/voc2007-2k_pbce_cpu.yaml",
+                                     recipe(name, "cpu-cached") + [f"method.name={name}",
+                                                                   "method.start_epoch=5"]
+                                     if name != "ssgrl" else
+                                     recipe(name, "cpu-cached") + [f"method.name={name}"]))
+        preset["run"] = built["run"] = None
+        assert preset == built, name
+
+
+# ---- process-wide settings -----------------------------------------------------------------------
+def test_a_trainer_leaves_the_process_as_it_found_it(shapes, cache_dir, tmp_path):
+    from mlrpl.config import load_config
+    from mlrpl.engine.trainer import Trainer
+    lib = logging.getLogger("mlrpl")
+    handlers, level = list(lib.handlers), lib.level
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    t = Trainer(load_config(None, tiny(shapes, cache_dir, tmp_path / "r", "train.epochs=1",
+                                       "train.threads=1", "train.deterministic=true")))
+    assert lib.handlers == handlers and lib.level == level
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == det
+    t.fit()
+    assert lib.handlers == handlers and torch.get_num_threads() == threads
+    assert "epoch 1/1" in (tmp_path / "r" / "train.log").read_text()
+
+
+def test_run_record_ties_the_run_to_the_code(shapes, cache_dir, tmp_path):
+    import json
+
+    from mlrpl.config import load_config
+    from mlrpl.engine.trainer import Trainer
+    from mlrpl.methods import method_code_digest
+    Trainer(load_config(None, tiny(shapes, cache_dir, tmp_path / "r", "train.epochs=1"))).fit()
+    rec = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert rec["mlrpl_version"] == mlrpl.__version__
+    assert rec["method"] == "pbce" and rec["method_code"] == method_code_digest("pbce")
+    assert set(rec) >= {"git_commit", "git_dirty"}
+    assert method_code_digest("sst") != method_code_digest("pbce")
+
+
+def test_environment_paths_are_stored_as_given():
+    from mlrpl.config import load_config, resolved
+    saved = resolved(load_config("configs/coco128_pbce_cpu.yaml"))
+    assert saved["data"]["root"] == "${oc.env:MLRPL_DATA,data}/coco128"
+    assert saved["model"]["cache_dir"] == "${oc.env:MLRPL_CACHE,.cache/mlrpl}"
+    assert "$" not in saved["run"]["dir"]                     # other interpolations resolved
+
+
+# ---- the toy method of docs/adding-a-method.md -----------------------------------------------------
+def _doc_block(lang: str, first_line: str) -> str:
+    text = (REPO / "docs" / "adding-a-method.md").read_text()
+    for block in re.findall(rf"```{lang}\n(.*?)```", text, re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no {lang} block starting with {first_line!r} in the doc")
+
+
+def test_toy_method_from_the_doc(shapes, cache_dir, tmp_path, monkeypatch):
+    """The doc's file, registered from outside the package, trains through the CLI with the
+    doc's preset; the method's state is in the checkpoint."""
+    from mlrpl.cli import main
+    from mlrpl.engine.checkpoint import load_checkpoint
+    pkg = tmp_path / "plugin"
+    pkg.mkdir()
+    (pkg / "toy.py").write_text(_doc_block("python", "# toy.py"))
+    monkeypatch.syspath_prepend(str(pkg))
+    sys.modules.pop("toy", None)
+    importlib.import_module("toy")
+    assert "toy" in list_methods()
+    preset = tmp_path / "configs" / "coco128_toy_cpu.yaml"
+    preset.parent.mkdir()
+    (preset.parent / "coco128_pbce_cpu.yaml").write_text((REPO / "configs" / "coco128_pbce_cpu.yaml").read_text())
+    preset.write_text(_doc_block("yaml", "# configs/coco128_toy_cpu.yaml"))
+    run = tmp_path / "run"
+    args = [a for a in tiny(shapes, cache_dir, run, "train.epochs=1") if not a.startswith("run.dir")]
+    assert main(["train", "--config", str(preset), f"run.dir={run}", *args]) == 0
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["config"]["method"]["name"] == "toy"
+    assert float(ck["model"]["method.positives_seen"].sum()) > 0
+    assert "toy_temperature" in (run / "summary.csv").read_text()
+    assert recipe("toy", "cpu-cached") == ["optim.lr=0.01"]
+
+
+def test_entry_point_registration(tmp_path, monkeypatch):
+    """A package that declares an ``mlrpl.methods`` entry point is found without an import."""
+    from mlrpl.methods import registry
+    site = tmp_path / "site"
+    (site / "ep_pkg").mkdir(parents=True)
+    (site / "ep_pkg" / "__init__.py").write_text("")
+    (site / "ep_pkg" / "m.py").write_text(_doc_block("python", "# toy.py").replace(
+        '"toy"', '"toy_ep"').replace("class Toy(", "class ToyEP("))
+    info = site / "ep_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mlrpl.methods]\ntoy_ep = ep_pkg.m\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry._METHODS.refresh()
+    assert "toy_ep" in list_methods()
+    m = create_method("toy_ep", context())
+    assert m.num_classes == 4
+
+
+def test_readers_register_by_decorator_and_refuse_a_taken_name():
+    from mlrpl.data.readers import READERS, register_reader
+    from mlrpl.errors import DataError
+    assert {"voc2007", "yolo", "coco", "csv", "npy", "vg200", "nuswide"} <= set(READERS.names())
+    with pytest.raises(DataError, match="'yolo' is already registered"):
+        register_reader("yolo")(lambda root, split, **kw: None)
