@@ -91,12 +91,7 @@ class HST(TransferMethod):
                  f"({int(self.prototypes.any.sum())} of {self.num_classes} classes)")
 
     # ---- training step -----------------------------------------------------------------------
-    def forward(self, features, batch=None):
-        out = self.trunk(features)
-        if not self.training or batch is None or "target" not in batch:
-            return out
-        target = batch["target"]
-        epoch = int(batch.get("epoch", 0))
+    def transfer(self, out: dict, target, epoch: int) -> dict:
         active = self.is_active(epoch)
         semantic = out["semantic"]
         unknown = target == 0

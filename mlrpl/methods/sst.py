@@ -62,12 +62,7 @@ class SST(TransferMethod):
         return sst_threshold(epoch, int(cfg.start_epoch), cfg.threshold_start, cfg.threshold_step,
                              cfg.threshold_min)
 
-    def forward(self, features, batch=None):
-        out = self.trunk(features)
-        if not self.training or batch is None or "target" not in batch:
-            return out
-        target = batch["target"]
-        epoch = int(batch.get("epoch", 0))
+    def transfer(self, out: dict, target, epoch: int) -> dict:
         active = self.is_active(epoch)
         semantic = out["semantic"]
         unknown = target == 0

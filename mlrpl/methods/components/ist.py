@@ -156,12 +156,18 @@ class IntraImageTransfer(nn.Module):
         if cfg.cooc_pairs not in ("all", "sample"):
             raise ConfigError(f"bad value for 'method.cooc_pairs': {cfg.cooc_pairs!r}; expected "
                               f"'all' or 'sample'")
+        if getattr(cfg, "cooc_unknown", "negative") not in ("negative", "ignore"):
+            raise ConfigError(f"bad value for 'method.cooc_unknown': {cfg.cooc_unknown!r}; "
+                              f"expected 'negative' or 'ignore'")
         if cfg.cooc_pairs == "sample" and cfg.cooc_sample < 1:
             raise ConfigError("bad value for 'method.cooc_sample': expected a positive integer")
         self.head = CooccurrenceHead(num_classes, dim, cfg.ist_proj_dim, cfg.ist_hidden_dim)
         self.dense = bool(cfg.dense)
         self.mode = cfg.cooc_pairs
         self.sample = int(cfg.cooc_sample)
+        # negative: a pair with an unknown label is a "never co-occur" target (as released);
+        # ignore: only pairs whose two labels are known are supervised
+        self.ignore_unknown = getattr(cfg, "cooc_unknown", "negative") == "ignore"
         self.focal = dict(gamma_pos=cfg.cooc_gamma_pos, gamma_neg=cfg.cooc_gamma_neg,
                           clip=cfg.cooc_clip)
 
@@ -175,9 +181,13 @@ class IntraImageTransfer(nn.Module):
         head = self.head
         pos = target > 0
         t = pos[:, head.pair_i] & pos[:, head.pair_j]                      # (B, pairs)
+        keep = None
+        if self.ignore_unknown:
+            known = target != 0
+            keep = known[:, head.pair_i] & known[:, head.pair_j]
         if self.dense:
             logits = head.dense_logits(semantic)
-            loss = self._mean(cooccurrence_focal(logits, t, **self.focal), semantic)
+            loss = self._mean(cooccurrence_focal(logits, t, **self.focal), semantic, keep)
             q = None
             if entries is not None:
                 with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
@@ -185,10 +195,10 @@ class IntraImageTransfer(nn.Module):
             return loss, q
         u, v = head.project(semantic)
         if self.mode == "sample" and self.sample < head.num_pairs:
-            loss = self._sampled_loss(u, v, t)
+            loss = self._sampled_loss(u, v, t, keep)
         else:
             loss = self._mean(cooccurrence_focal(head.all_pair_logits(u, v), t, **self.focal),
-                              semantic)
+                              semantic, keep)
         q = None
         if entries is not None:
             with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
@@ -196,24 +206,28 @@ class IntraImageTransfer(nn.Module):
         return loss, q
 
     @staticmethod
-    def _mean(terms, like):
+    def _mean(terms, like, keep=None):
+        if keep is not None:   # the mean over the supervised pairs (0 with a graph when none)
+            w = keep.to(terms.dtype)
+            return (terms * w).sum() / w.sum().clamp(min=1) + like.sum() * 0.0
         return terms.mean() if terms.numel() else like.sum() * 0.0
 
-    def _sampled_loss(self, u, v, t):
+    def _sampled_loss(self, u, v, t, keep=None):
         """Unbiased estimate of the all-pairs mean: every known-positive pair (t = 1) counts
         once; per image, m_b of its n_b other pairs are drawn uniformly without replacement and
         weighted n_b / m_b (Horvitz-Thompson), and the sum is divided by B x pairs as the
-        all-pairs mean is."""
+        all-pairs mean is. With ``keep`` (pairs whose labels are both known), the other pairs
+        are drawn among the kept ones only and the sum is divided by the number kept."""
         head = self.head
         bsz, npairs = t.shape
         # Uniform sample without replacement of the t = 0 pairs: the smallest random keys, with
         # the t = 1 pairs pushed beyond every draw.
         keys = torch.rand(bsz, npairs, device=t.device)
-        keys = keys.masked_fill(t, 2.0)
+        keys = keys.masked_fill(t if keep is None else t | ~keep, 2.0)
         m = min(self.sample, npairs)
         picked_key, picked = keys.topk(m, dim=1, largest=False)
         valid = picked_key < 1.5                                             # (B, m)
-        n_neg = (~t).sum(1)
+        n_neg = (~t).sum(1) if keep is None else (~t & keep).sum(1)
         m_b = valid.sum(1).clamp(min=1)
         w_neg = (n_neg.float() / m_b.float())[:, None].expand(bsz, m)
         bn, slot = valid.nonzero(as_tuple=True)
@@ -224,7 +238,8 @@ class IntraImageTransfer(nn.Module):
         w = torch.cat([torch.ones(bp.shape[0], device=t.device), w_neg[bn, slot]])
         logits = head.pair_logits(u, v, b, head.pair_i[p], head.pair_j[p])
         terms = cooccurrence_focal(logits, t[b, p], **self.focal)
-        return (terms * w).sum() / float(bsz * npairs) + u.sum() * 0.0
+        denom = float(bsz * npairs) if keep is None else keep.sum().clamp(min=1).float()
+        return (terms * w).sum() / denom + u.sum() * 0.0
 
 
 def leave_one_out_intra(q: torch.Tensor, target: torch.Tensor):

@@ -29,6 +29,9 @@ class TransferConfig(SARLMethodConfig):
     cooc_gamma_pos: float = 1.0       # asymmetric focal BCE (ASL): gamma+, gamma-, clip
     cooc_gamma_neg: float = 2.0
     cooc_clip: float = 0.05
+    # Pairs with an unknown label: negative ("never co-occur", the released code) or ignore
+    # (only pairs whose two labels are known are supervised); issue 15 measures both.
+    cooc_unknown: str = "negative"
     ist_proj_dim: Optional[int] = None    # g_c size; None: D / 2
     ist_hidden_dim: Optional[int] = None  # pair MLP width; None: D
     dense: bool = False               # literal all-pairs IST (reference / benchmark)
@@ -63,6 +66,17 @@ class TransferMethod(SARLMethod):
         self.distributions = (ScoreDistributions(cfg.satl, self.pl_sources, ctx.num_classes,
                                                  ctx.partial_labels)
                               if cfg.thresholds == "satl" else None)
+
+    def forward(self, features, batch=None):
+        out = self.trunk(features)
+        if not self.training or batch is None or "target" not in batch:
+            return out
+        return self.transfer(out, batch["target"], int(batch.get("epoch", 0)))
+
+    def transfer(self, out: dict, target: torch.Tensor, epoch: int) -> dict:
+        """The training step's pseudo-labelling and extra terms, added to the trunk's outputs
+        ``out`` (pure, as ``forward``); ``target`` (B, C) partial labels."""
+        raise NotImplementedError
 
     @property
     def uses_satl(self) -> bool:
