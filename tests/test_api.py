@@ -1,5 +1,6 @@
 """The Python API: its docstring examples run here (doctests), on a small trained model."""
 import doctest
+import logging
 
 import pytest
 
@@ -16,8 +17,15 @@ def trained(tmp_path_factory):
 
 
 def run_doctests(module, globs):
-    res = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS,
-                          verbose=False, report=True)
+    # The examples show return values; the library's log lines (train) are not part of them.
+    logger = logging.getLogger("mlrpl")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        res = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS,
+                              verbose=False, report=True)
+    finally:
+        logger.disabled = was
     assert res.attempted > 0
     assert res.failed == 0, f"{res.failed} doctest example(s) of {module.__name__} failed"
 
