@@ -18,93 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mlrpl.errors import ConfigError, DataError, MlrplError
+from mlrpl.engine.experiment import open_checkpoint
+from mlrpl.errors import DataError, MlrplError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-# ---- opening a checkpoint -------------------------------------------------------------------
-def _load_model_state(model, ckpt):
-    from mlrpl.engine.checkpoint import load_model_state
-    load_model_state(model, ckpt)
-
-
-def _same_release(a: str, b: str) -> bool:
-    return str(a).split(".")[:2] == str(b).split(".")[:2]
-
-
-def has_backbone_weights(ckpt: dict) -> bool:
-    return any(k.startswith("backbone.") for k in ckpt["model"])
-
-
-def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, overrides=()):
-    """(model in eval mode, checkpoint dict, config) from a checkpoint or bundle, offline.
-
-    Raises a one-line :class:`MlrplError` for a file of another library release, an unknown
-    method, another class list (when `classes` is given), or a backbone whose weights are
-    referenced but cannot be found."""
-    from mlrpl.version import __version__
-    from mlrpl.config import load_config
-    from mlrpl.engine.checkpoint import load_checkpoint
-    from mlrpl.engine.experiment import MLRModel, build_backbone, build_method
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    version = ckpt.get("mlrpl_version", "?")
-    if not _same_release(version, __version__):
-        raise MlrplError(f"{path}: written by mlrpl {version}; this is mlrpl {__version__}, "
-                         f"which reads checkpoints of release "
-                         f"{'.'.join(__version__.split('.')[:2])}.x only")
-    method = (ckpt.get("config") or {}).get("method", {}).get("name")
-    from mlrpl.methods import get_method_class
-    try:
-        get_method_class(method)
-    except (ConfigError, KeyError, ValueError) as e:
-        raise MlrplError(f"{path}: the checkpoint's method {method!r} is not available in this "
-                         f"mlrpl ({e})") from None
-    if classes is not None and list(classes) != list(ckpt["classes"]):
-        raise MlrplError(f"{path}: the checkpoint's classes differ from those expected: "
-                         f"{class_difference(ckpt['classes'], classes)}")
-    cfg = load_config(None, list(overrides), base=ckpt["config"])
-    cfg.train.device = str(device)
-    if has_backbone_weights(ckpt):
-        cfg.model.pretrained = False    # the weights travel with the checkpoint
-    elif backbone_weights is not None:
-        cfg.model.pretrained = str(backbone_weights)
-    try:
-        backbone = build_backbone(cfg)
-    except ConfigError as e:
-        raise MlrplError(_missing_backbone_message(path, ckpt, cfg, e)) from None
-    shapes = {k[len("method."):]: tuple(v.shape) for k, v in ckpt["model"].items()
-              if k.startswith("method.")}
-    method_module = build_method(cfg, ckpt["classes"], backbone.out_channels, None,
-                                 with_data=False, state_shapes=shapes)
-    model = MLRModel(backbone, method_module)
-    try:
-        _load_model_state(model, ckpt)
-    except MlrplError as e:
-        raise MlrplError(f"{path}: {e}") from None
-    return model.to(device).eval(), ckpt, cfg
-
-
-def _missing_backbone_message(path, ckpt, cfg, error) -> str:
-    digest = (ckpt.get("backbone_digest") or "")[:16]
-    source = cfg.model.pretrained
-    where = (f"the weight file {source}" if isinstance(source, str) and source.lower() not in
-             ("true", "false") else f"the pretrained weights of {cfg.model.backbone}")
-    return (f"{path}: the checkpoint does not hold its frozen backbone's weights, only their "
-            f"digest ({digest}...), and {where} cannot be loaded here ({error}). Put that file "
-            f"back at {source} (or pass --backbone-weights FILE / backbone_weights= with the same "
-            f"weights), or write a self-contained bundle where it exists: "
-            f"mlrpl model bundle --checkpoint {path}")
-
-
-def class_difference(a, b) -> str:
-    only_a = [c for c in a if c not in b]
-    only_b = [c for c in b if c not in a]
-    if not only_a and not only_b:
-        return f"the same {len(a)} names in another order"
-    return (f"{len(a)} vs {len(b)} classes; only in the checkpoint: {only_a[:5]}, only in the "
-            f"other: {only_b[:5]}")
 
 
 def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None) -> Path:

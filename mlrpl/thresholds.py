@@ -164,25 +164,11 @@ def tune_checkpoint(checkpoint, split: str | None = None, overrides=(), min_posi
     Returns a dict: ``path`` (the JSON written), ``classes``, ``result`` (see
     :func:`tune_thresholds`), ``metrics_default`` and ``metrics_tuned`` (CF1, OF1... at 0.5 and
     at the tuned thresholds, on the same split: optimistic), ``num_images``, ``dataset``."""
-    from mlrpl.data import read_dataset
-    from mlrpl.engine.evaluate import predict_logits, score
-    from mlrpl.engine.experiment import data_root, load_splits, make_dataset
-    from mlrpl.predict import class_difference, open_checkpoint
+    from mlrpl.engine.evaluate import score, split_scores
+    from mlrpl.engine.experiment import open_checkpoint
     model, ckpt, cfg = open_checkpoint(checkpoint, "cpu", backbone_weights, overrides=overrides)
-    if split is not None:
-        ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
-                          **dict(cfg.data.reader_options or {}))
-    else:
-        _, ls = load_splits(cfg)
-    if ls.classes != ckpt["classes"]:
-        raise MlrplError(f"{checkpoint}: the checkpoint's classes differ from those of the "
-                         f"labelled split {ls.source}: {class_difference(ckpt['classes'], ls.classes)}")
-    ds, kept = make_dataset(cfg, ls, None, model.backbone, "cpu", train=False,
-                            show_progress=show_progress)
-    if kept is not None:
-        ls = ls.subset(kept)
-    logits = predict_logits(model, ds, cfg.train.eval_batch_size, "cpu",
-                            show_progress=show_progress)
+    ls, logits = split_scores(model, cfg, ckpt["classes"], split, "cpu", show_progress,
+                              source=checkpoint)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     result = tune_thresholds(probs, ls.labels, min_positives, list(ls.classes))
     path = Path(out) if out is not None else sidecar_path(checkpoint)

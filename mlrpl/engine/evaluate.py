@@ -10,6 +10,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from mlrpl import dist
+from mlrpl.engine.checkpoint import load_checkpoint
+from mlrpl.engine.experiment import (build_backbone, class_difference, data_root, load_splits,
+                                     make_dataset, open_checkpoint)
+from mlrpl.engine.runtime import amp_dtype, select_device
 from mlrpl.errors import DataError, MlrplError
 from mlrpl.metrics import compute_metrics
 from mlrpl.progress import progress
@@ -110,18 +114,28 @@ def load_thresholds(path, classes: list[str]) -> np.ndarray:
     return arr
 
 
-def model_from_checkpoint(ckpt: dict, cfg, device):
-    """Rebuild backbone + method from a checkpoint's config and load its weights."""
-    from mlrpl.engine.experiment import MLRModel, build_backbone, build_method
-    from mlrpl.engine.checkpoint import load_model_state
-    backbone = build_backbone(cfg)
-    shapes = {k[len("method."):]: tuple(v.shape) for k, v in ckpt["model"].items()
-              if k.startswith("method.")}
-    method = build_method(cfg, ckpt["classes"], backbone.out_channels, None, with_data=False,
-                          state_shapes=shapes)
-    model = MLRModel(backbone, method)
-    load_model_state(model, ckpt)
-    return model.to(device).eval()
+def split_scores(model, cfg, classes: list[str], split: str | None, device,
+                 show_progress=None, source=None):
+    """(LabelSet, fp32 logits (N, C)) of a labelled split: ``split`` of the config's dataset, or
+    its evaluation split when None; unreadable images skipped when the config says so. The
+    split's classes must be ``classes`` (the model's)."""
+    from mlrpl.data import read_dataset
+    if split is not None:
+        ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
+                          **dict(cfg.data.reader_options or {}))
+    else:
+        _, ls = load_splits(cfg)
+    if list(ls.classes) != list(classes):
+        raise MlrplError(f"{source or 'the model'}: its classes differ from those of the labelled "
+                         f"split {ls.source}: "
+                         f"{class_difference(classes, ls.classes, 'model', 'split')}")
+    ds, kept = make_dataset(cfg, ls, None, model.backbone, device, train=False,
+                            show_progress=show_progress)
+    if kept is not None:
+        ls = ls.subset(kept)
+    logits = predict_logits(model, ds, cfg.train.eval_batch_size, device,
+                            amp_dtype(cfg.train.amp), cfg.data.num_workers, show_progress)
+    return ls, logits
 
 
 def learned_thresholds(method) -> np.ndarray | None:
@@ -147,11 +161,6 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
 
     Thresholded metrics use, in order of precedence: the model's own per-class thresholds
     (``model_thresholds``), a thresholds file, ``threshold``, the config's ``eval.threshold``."""
-    from mlrpl.config import load_config
-    from mlrpl.data import read_dataset
-    from mlrpl.engine.checkpoint import load_checkpoint
-    from mlrpl.engine.experiment import data_root, load_splits, make_dataset
-    from mlrpl.engine.runtime import amp_dtype, select_device
     if thresholds_file is not None and model_thresholds:
         raise MlrplError("give either a thresholds file or --model-thresholds, not both")
     from mlrpl.files import check_output
@@ -160,23 +169,9 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     ckpt = load_checkpoint(path)
     thr_file = None if thresholds_file is None else load_thresholds(thresholds_file,
                                                                     ckpt["classes"])
-    cfg = load_config(None, list(overrides), base=ckpt["config"])
-    device = select_device(cfg.train.device)
-    if split is not None:
-        ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
-                          **dict(cfg.data.reader_options or {}))
-    else:
-        _, ls = load_splits(cfg)
-    if ls.classes != ckpt["classes"]:
-        raise MlrplError(f"the dataset's classes differ from the checkpoint's "
-                         f"({len(ls.classes)} vs {len(ckpt['classes'])})")
-    model = model_from_checkpoint(ckpt, cfg, device)
+    model, ckpt, cfg = open_checkpoint(path, None, overrides=overrides, ckpt=ckpt)
     learned = _model_thresholds(model, path) if model_thresholds else None
-    ds, kept = make_dataset(cfg, ls, None, model.backbone, device, train=False)
-    if kept is not None:
-        ls = ls.subset(kept)
-    scores = predict_logits(model, ds, cfg.train.eval_batch_size, device,
-                            amp_dtype(cfg.train.amp), cfg.data.num_workers)
+    ls, scores = split_scores(model, cfg, ckpt["classes"], split, cfg.train.device, source=path)
     thr = cfg.eval.threshold if threshold is None else threshold
     if thr_file is not None:
         thr = thr_file
@@ -193,8 +188,6 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
 def build_cache(cfg) -> list[str]:
     """Compute the feature cache of the train and evaluation splits of `cfg`."""
     from mlrpl.data.cache import cached_features
-    from mlrpl.engine.experiment import build_backbone, load_splits
-    from mlrpl.engine.runtime import amp_dtype, select_device
     if cfg.model.freeze != "all":
         raise MlrplError("the feature cache needs a frozen backbone (model.freeze=all)")
     device = select_device(cfg.train.device)

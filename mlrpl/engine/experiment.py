@@ -18,7 +18,7 @@ from mlrpl.data import LabelSet, read_dataset
 from mlrpl.data.labelset import label_hash
 from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
 from mlrpl import dist
-from mlrpl.errors import ConfigError, DataError
+from mlrpl.errors import ConfigError, DataError, MlrplError
 from mlrpl.methods import get_method_class
 from mlrpl.methods.base import MethodContext
 
@@ -83,17 +83,21 @@ def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
         return train.subset(train_idx), train.subset(val_idx)
     if val.classes != train.classes:
         raise DataError(f"the classes of {where} differ from those of the training split: "
-                        f"{_class_difference(train.classes, val.classes)}", path=d.root)
+                        f"{class_difference(train.classes, val.classes, 'training split', 'evaluation split')}",
+                        path=d.root)
     check_no_overlap(train, val)
     return train, val
 
 
-def _class_difference(a: list[str], b: list[str]) -> str:
+def class_difference(a: list[str], b: list[str], name_a: str = "first",
+                     name_b: str = "second") -> str:
+    """How two class lists differ, in a few words (for error messages)."""
     only_a = [c for c in a if c not in b]
     only_b = [c for c in b if c not in a]
     if not only_a and not only_b:
-        return "same names in another order"
-    return f"only in the first: {only_a[:5]}; only in the second: {only_b[:5]}"
+        return f"the same {len(a)} names in another order"
+    return (f"{len(a)} vs {len(b)} classes; only in the {name_a}: {only_a[:5]}, only in the "
+            f"{name_b}: {only_b[:5]}")
 
 
 def check_no_overlap(train: LabelSet, val: LabelSet) -> None:
@@ -294,3 +298,78 @@ class Experiment:
     @property
     def mask_hash(self) -> str:
         return label_hash(self.partial, self.train.classes)
+
+
+# ---- a model from a checkpoint -------------------------------------------------------------------
+def _same_release(a: str, b: str) -> bool:
+    return str(a).split(".")[:2] == str(b).split(".")[:2]
+
+
+def has_backbone_weights(ckpt: dict) -> bool:
+    return any(k.startswith("backbone.") for k in ckpt["model"])
+
+
+def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, overrides=(),
+                    ckpt: dict | None = None):
+    """(model in eval mode, checkpoint dict, config) from a checkpoint or bundle, offline
+    (``ckpt``: the checkpoint already loaded from ``path``; ``device`` None: the config's).
+
+    A checkpoint that holds its backbone's weights (a bundle, or a backbone that trained) needs
+    nothing else; one that references a frozen pretrained backbone by digest rebuilds it from its
+    source. Raises a one-line :class:`MlrplError` for a file of another library release, an
+    unknown method, another class list (when `classes` is given), or a backbone whose weights
+    are referenced but cannot be found."""
+    from mlrpl.config import load_config
+    from mlrpl.engine.checkpoint import load_checkpoint, load_model_state
+    from mlrpl.version import __version__
+    path = Path(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    version = ckpt.get("mlrpl_version", "?")
+    if not _same_release(version, __version__):
+        raise MlrplError(f"{path}: written by mlrpl {version}; this is mlrpl {__version__}, "
+                         f"which reads checkpoints of release "
+                         f"{'.'.join(__version__.split('.')[:2])}.x only")
+    method = (ckpt.get("config") or {}).get("method", {}).get("name")
+    try:
+        get_method_class(method)
+    except (ConfigError, KeyError, ValueError) as e:
+        raise MlrplError(f"{path}: the checkpoint's method {method!r} is not available in this "
+                         f"mlrpl ({e})") from None
+    if classes is not None and list(classes) != list(ckpt["classes"]):
+        raise MlrplError(f"{path}: the checkpoint's classes differ from those expected: "
+                         f"{class_difference(ckpt['classes'], classes, 'checkpoint', 'expected')}")
+    cfg = load_config(None, list(overrides), base=ckpt["config"])
+    if device is None:  # the config's device
+        from mlrpl.engine.runtime import select_device
+        device = select_device(cfg.train.device)
+    cfg.train.device = str(device)
+    if has_backbone_weights(ckpt):
+        cfg.model.pretrained = False    # the weights travel with the checkpoint
+    elif backbone_weights is not None:
+        cfg.model.pretrained = str(backbone_weights)
+    try:
+        backbone = build_backbone(cfg)
+    except ConfigError as e:
+        raise MlrplError(_missing_backbone_message(path, ckpt, cfg, e)) from None
+    shapes = {k[len("method."):]: tuple(v.shape) for k, v in ckpt["model"].items()
+              if k.startswith("method.")}
+    method_module = build_method(cfg, ckpt["classes"], backbone.out_channels, None,
+                                 with_data=False, state_shapes=shapes)
+    model = MLRModel(backbone, method_module)
+    try:
+        load_model_state(model, ckpt)
+    except MlrplError as e:
+        raise MlrplError(f"{path}: {e}") from None
+    return model.to(device).eval(), ckpt, cfg
+
+
+def _missing_backbone_message(path, ckpt, cfg, error) -> str:
+    digest = (ckpt.get("backbone_digest") or "")[:16]
+    source = cfg.model.pretrained
+    where = (f"the weight file {source}" if isinstance(source, str) and source.lower() not in
+             ("true", "false") else f"the pretrained weights of {cfg.model.backbone}")
+    return (f"{path}: the checkpoint does not hold its frozen backbone's weights, only their "
+            f"digest ({digest}...), and {where} cannot be loaded here ({error}). Put that file "
+            f"back at {source} (or pass --backbone-weights FILE / backbone_weights= with the same "
+            f"weights), or write a self-contained bundle where it exists: "
+            f"mlrpl model bundle --checkpoint {path}")

@@ -32,9 +32,8 @@ def has_distributions(ckpt: dict) -> bool:
 def load_distributions(checkpoint, ckpt: dict | None = None):
     """(model, checkpoint dict) for a checkpoint whose method keeps SATL distributions
     (``ckpt``: the checkpoint already loaded from that path)."""
-    from mlrpl.config import load_config
     from mlrpl.engine.checkpoint import load_checkpoint
-    from mlrpl.engine.evaluate import model_from_checkpoint
+    from mlrpl.engine.experiment import open_checkpoint
     path = Path(checkpoint)
     if ckpt is None:
         if not path.is_file():
@@ -43,8 +42,7 @@ def load_distributions(checkpoint, ckpt: dict | None = None):
     if not has_distributions(ckpt):
         raise MlrplError(f"{path}: this model keeps no SATL score distributions (method "
                          f"'satl', or 'sst'/'hst' with method.thresholds=satl)")
-    cfg = load_config(None, [], base=ckpt["config"])
-    model = model_from_checkpoint(ckpt, cfg, "cpu")
+    model, ckpt, _ = open_checkpoint(path, "cpu", ckpt=ckpt)
     return model, ckpt
 
 
