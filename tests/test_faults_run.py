@@ -127,6 +127,16 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_rerun(shapes
     assert "has no checkpoint yet" in one_error_line(capsys)
     assert main(["train", *args]) == 0  # the same command again starts it over
     assert (run / "last.pt").is_file() and not list(run.glob(".*.tmp"))
+    # killed while writing its very first file: only a temporary run record
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f".run.json.{2**22 + 12345}.tmp").write_text("{")
+    assert main(["train", *tiny(shapes, cache_dir, other, "train.epochs=1")]) == 0
+    # a run record is the first thing a run writes, so a kill at any later instant is recognised
+    import mlrpl.engine.rundir as rd
+    fresh = tmp_path / "fresh"
+    assert rd.prepare_run_dir(fresh, overwrite=False, resume=False)
+    assert [p.name for p in fresh.iterdir()] == ["run.json"]
 
 
 def test_metrics_and_run_record_name_left_out_classes_and_word_vectors(shapes, cache_dir,

@@ -154,6 +154,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
     if path.is_dir() and any(path.iterdir()):
         check_writable_dir(path, "run directory")
         remove_stale_temps(path)
+    if path.is_dir() and any(path.iterdir()):
         if resume:
             if not (path / LAST).is_file():
                 if _never_checkpointed(path):
@@ -189,6 +190,9 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
         parent = parent.parent
     check_writable_dir(parent, "folder of run.dir")
     path.mkdir(parents=True, exist_ok=True)
+    # The run record first, before any other file: a directory killed at any later instant is
+    # recognisably mlrpl's (and, without a checkpoint, started over by the next invocation).
+    write_run_record(path)
     return True
 
 
