@@ -120,6 +120,55 @@ def check(run: Path, ref: Path, cache: Path) -> dict:
     return res
 
 
+def point(method, k, reference, counts, data, emb, work, env, args, rng) -> None:
+    """One random kill of one run, its resume, and the checks."""
+    ref, duration = reference
+    run, cache = work / method / f"k{k}", work / method / f"k{k}_cache"
+    argv = base_args(data, emb, cache, run, method, args.epochs)
+    span = duration
+    for _ in range(5):  # a run that ends before its kill instant is no point: draw again
+        delay = rng.uniform(0.0, span)
+        t0 = time.time()
+        p = launch(argv, env)
+        try:
+            p.wait(timeout=delay)
+            killed = False
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            killed = True
+            break
+        span = 0.95 * (time.time() - t0)
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    had_ckpt = (run / "last.pt").is_file()
+    counts["kills"] += int(killed)
+    counts["killed_before_checkpoint"] += int(killed and not had_ckpt)
+    rc, err = 0, ""
+    if killed:
+        again = ["train", "--resume", "--run-dir", str(run)] if had_ckpt else argv
+        rc, err = run_to_end(again, env, args.timeout)
+    if rc != 0:
+        counts["points"] += 1
+        counts["failed"] += 1
+        print(f"{method} #{k}: kill at {delay:.1f}s, resume failed (rc {rc}): "
+              f"{err.strip().splitlines()[-1:] if err.strip() else ''}", flush=True)
+        return
+    res = check(run, ref, cache)
+    counts["points"] += 1
+    counts["exact"] += int(res["exact"])
+    counts["corrupt"] += res["corrupt"]
+    counts["stray"] += len(res["stray"])
+    counts["best_inconsistent"] += int(not res["best_consistent"])
+    print(f"{method} #{k}: kill at {delay:.1f}s of about {span:.1f}s "
+          f"({'killed' if killed else 'finished first'}, "
+          f"{'after' if had_ckpt else 'before'} the first checkpoint): "
+          f"exact={res['exact']} corrupt={res['corrupt']} stray={res['stray']} "
+          f"best_consistent={res['best_consistent']}", flush=True)
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", default="pbce,sst,hst,satl")
@@ -142,64 +191,36 @@ def main() -> int:
     np.save(emb, np.random.default_rng(0).normal(size=(6, 7)).astype("f4"))
     (work / "emb.names.txt").write_text("\n".join(names) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MLRPL_FAULT="")
-    summary = []
-    for method in args.methods.split(","):
+    methods = args.methods.split(",")
+    counts, refs = {}, {}
+    for method in methods:  # the uninterrupted references first
         ref, ref_cache = work / method / "ref", work / method / "ref_cache"
         shutil.rmtree(work / method, ignore_errors=True)
         t0 = time.time()
         rc, err = run_to_end(base_args(data, emb, ref_cache, ref, method, args.epochs), env,
                              args.timeout)
-        duration = time.time() - t0
         if rc != 0:
             print(f"{method}: reference run failed (rc {rc}):\n{err[-2000:]}")
             return 1
-        counts = {"points": 0, "exact": 0, "corrupt": 0, "stray": 0, "best_inconsistent": 0,
-                  "failed": 0, "killed_before_checkpoint": 0}
-        for k in range(args.kills):
-            run, cache = work / method / f"k{k}", work / method / f"k{k}_cache"
-            argv = base_args(data, emb, cache, run, method, args.epochs)
-            delay = rng.uniform(0.0, duration)
-            p = launch(argv, env)
-            try:
-                p.wait(timeout=delay)
-                killed = False
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-                killed = True
-            had_ckpt = (run / "last.pt").is_file()
-            counts["killed_before_checkpoint"] += int(killed and not had_ckpt)
-            rc, err = 0, ""
-            if killed:
-                again = (["train", "--resume", "--run-dir", str(run)] if had_ckpt else argv)
-                rc, err = run_to_end(again, env, args.timeout)
-            counts["points"] += 1
-            if rc != 0:
-                counts["failed"] += 1
-                print(f"{method} #{k}: kill at {delay:.1f}s, resume failed (rc {rc}): "
-                      f"{err.strip().splitlines()[-1:] if err.strip() else ''}")
-                continue
-            res = check(run, ref, cache)
-            counts["exact"] += int(res["exact"])
-            counts["corrupt"] += res["corrupt"]
-            counts["stray"] += len(res["stray"])
-            counts["best_inconsistent"] += int(not res["best_consistent"])
-            print(f"{method} #{k}: kill at {delay:.1f}s of {duration:.1f}s "
-                  f"({'killed' if killed else 'finished first'}, "
-                  f"{'after' if had_ckpt else 'before'} the first checkpoint): "
-                  f"exact={res['exact']} corrupt={res['corrupt']} stray={res['stray']} "
-                  f"best_consistent={res['best_consistent']}", flush=True)
-            shutil.rmtree(run, ignore_errors=True)
-            shutil.rmtree(cache, ignore_errors=True)
-        counts["method"] = method
-        counts["reference_s"] = round(duration, 1)
-        summary.append(counts)
+        refs[method] = (ref, time.time() - t0)
+        counts[method] = {"method": method, "points": 0, "kills": 0, "exact": 0, "corrupt": 0, "stray": 0,
+                          "best_inconsistent": 0, "failed": 0, "killed_before_checkpoint": 0,
+                          "reference_s": round(time.time() - t0, 1)}
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for k in range(args.kills):  # round robin: a campaign cut short still covers every method
+            for method in methods:
+                point(method, k, refs[method], counts[method], data, emb, work, env, args, rng)
+    except KeyboardInterrupt:
+        print("interrupted: the table covers the points run so far")
+    summary = [counts[m] for m in methods]
     print()
-    print("| method | points | resumed exactly | killed before 1st checkpoint | corrupt files | "
-          "stray files | best.pt inconsistent | resume failed | reference run (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | points | SIGKILLs | resumed exactly | killed before 1st checkpoint | "
+          "corrupt files | stray files | best.pt inconsistent | resume failed | reference run (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in summary:
-        print(f"| {c['method']} | {c['points']} | {c['exact']} | {c['killed_before_checkpoint']} | "
+        print(f"| {c['method']} | {c['points']} | {c['kills']} | {c['exact']} | "
+              f"{c['killed_before_checkpoint']} | "
               f"{c['corrupt']} | {c['stray']} | {c['best_inconsistent']} | {c['failed']} | "
               f"{c['reference_s']} |")
     if not args.out:
