@@ -267,6 +267,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_cft(args) -> int:
+    from mlrpl.plugins.cft import cft_checkpoint
+    r = cft_checkpoint(args.checkpoint, out=args.out, options=args.options, force=args.force)
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("before", "after", "stats", "out")}))
+    else:
+        s = r["stats"]
+        print(f"cft: {s['cft_classes_kept']} of {s['cft_classes_eligible']} eligible classes "
+              f"re-fitted -> {r['out']}")
+        for k in ("mAP", "CF1", "OF1"):
+            print(f"{k:>12}  {r['before'][k]:8.2f} -> {r['after'][k]:8.2f}")
+    return 0
+
+
 def cmd_thresholds(args) -> int:
     from mlrpl.reports.satl import export_thresholds
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -372,6 +386,9 @@ def cmd_predict(args) -> int:
     paths = expand_inputs(args.images)            # a missing path stops here, nothing written
     pred = Predictor.from_checkpoint(args.checkpoint, "cpu", args.thresholds,
                                      args.backbone_weights)
+    if args.save_attention and not pred.has_attention:
+        raise MlrplError(f"--save-attention: method {pred.model.method.name!r} computes no "
+                         f"per-class attention (the SARL-trunk methods do)")
     show = None if args.progress == "auto" else args.progress == "always"
     if args.cache:
         probs, errors = pred.predict_proba_cached(paths, batch_size=args.batch_size,
@@ -406,6 +423,11 @@ def cmd_predict(args) -> int:
             fh.close()
     if tmp is not None:
         tmp.replace(out)
+    if args.save_attention:
+        # each image's predicted classes (its best class when none passes its threshold)
+        n = sum(len(pred.save_attention(path, labels or [classes[int(np.argmax(pr))]],
+                                        args.save_attention)) for path, labels, pr in rows)
+        print(f"wrote {n} attention overlays to {args.save_attention}", file=sys.stderr)
     for i, msg in sorted(errors.items()):
         print(f"mlrpl: warning: {msg}", file=sys.stderr)
     print(f"predicted {len(rows)} of {len(paths)} images with {pred.thresholds_source} "
@@ -478,6 +500,9 @@ def _add_deploy_parsers(sub) -> None:
                          "(a second prediction of the same images skips the backbone)")
     pr.add_argument("--backbone-weights", default=None, help=bw_help)
     pr.add_argument("--force", action="store_true", help="overwrite --out")
+    pr.add_argument("--save-attention", default=None, metavar="DIR",
+                    help="SARL-trunk models: write <image>__<class>.png overlays of the attention "
+                         "of each predicted class into DIR")
     pr.set_defaults(func=cmd_predict)
 
     tt = sub.add_parser("tune-thresholds", help="per-class thresholds maximising F1 on a "
@@ -603,6 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--source", default=None, help="score source to plot (cls, intra, inter)")
     th.add_argument("--force", action="store_true", help="overwrite existing output files")
     th.set_defaults(func=cmd_thresholds)
+
+    cf = sub.add_parser("cft", help="category-wise fine-tuning of a checkpoint's final layer "
+                        "(each class re-fitted on known labels, kept where its held-out AP "
+                        "improves)")
+    cf.add_argument("--checkpoint", required=True)
+    cf.add_argument("--out", default=None, help="the new checkpoint (default: cft.pt beside it)")
+    cf.add_argument("options", nargs="*", metavar="key=value",
+                    help="keys of the cft plug-in, e.g. steps=200 select=train_holdout")
+    cf.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    cf.add_argument("--json", action="store_true")
+    cf.set_defaults(func=cmd_cft)
 
     c = sub.add_parser("cache", help="compute and store the frozen backbone's feature maps")
     c.add_argument("--config", default=None)

@@ -276,9 +276,55 @@ class Predictor:
                  "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
                 for p in probs]
 
+    # ---- attention ----------------------------------------------------------------------------
+    @property
+    def has_attention(self) -> bool:
+        """Whether the model computes per-class attention maps (the SARL trunk)."""
+        return hasattr(self.model.method, "trunk")
+
+    @torch.no_grad()
+    def attention(self, image: torch.Tensor) -> torch.Tensor:
+        """Per-class attention of one preprocessed image (3, S, S): (C, h, w) on the backbone's
+        grid, each map a softmax over positions (it sums to 1)."""
+        if not self.has_attention:
+            raise MlrplError(f"{self.path}: method {self.model.method.name!r} computes no "
+                             f"per-class attention (the SARL-trunk methods do)")
+        maps = self.model.backbone(image[None].to(self.device))
+        out = self.model.method(maps, None)
+        return type(self.model.method.trunk).attention_maps(out)[0].float().cpu()
+
+    def save_attention(self, path, labels: list[str], out_dir) -> list[Path]:
+        """Overlay the attention map of each class in ``labels`` on the image at ``path`` (the
+        image as the model sees it, S x S) and write ``<out_dir>/<stem>__<class>.png``."""
+        from matplotlib import colormaps
+        from PIL import Image
+
+        from mlrpl.data.dataset import load_image
+        img = load_image(path)
+        att = self.attention(self.transform(img))
+        size = self.image_size
+        base = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), np.float32)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in labels:
+            a = att[self.classes.index(name)].numpy()
+            a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+            heat = Image.fromarray((a * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+            colour = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255
+            blend = (0.55 * base + 0.45 * colour).clip(0, 255).astype(np.uint8)
+            dest = out_dir / f"{Path(path).stem}__{_safe(name)}.png"
+            Image.fromarray(blend).save(dest)
+            written.append(dest)
+        return written
+
     def __repr__(self):
         return (f"Predictor({self.path}, method={self.model.method.name!r}, "
                 f"{len(self.classes)} classes, thresholds={self.thresholds_source})")
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def _as_items(inputs) -> list:

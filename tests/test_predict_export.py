@@ -210,3 +210,31 @@ def test_missing_backbone_file_and_the_bundle(own, tmp_path, capsys):
     shutil.copy(efficientnet_lite0_weight_file(), tmp_path / "elsewhere.pth")
     p = mlrpl.load(ckpt, backbone_weights=tmp_path / "elsewhere.pth")
     assert p.classes == mlrpl.load(bundle).classes
+
+
+def test_save_attention_overlays_for_a_sarl_model(own, tmp_path, capsys):
+    """--save-attention writes one S x S overlay per predicted class for a SARL-trunk model; a
+    model without attention (pbce) is one clear error, before anything is written."""
+    from PIL import Image
+
+    from tests.test_transfer import _embeddings
+    data, pbce_ckpt = own
+    emb = _embeddings(tmp_path)
+    names = (data / "train.csv").read_text().splitlines()[0].split(",")[1:]
+    np.save(emb, np.random.default_rng(0).normal(size=(len(names), 7)).astype("f4"))
+    (tmp_path / "emb.names.txt").write_text("\n".join(names) + "\n")
+    ckpt = train_own_model(data, tmp_path / "run", "method.name=ssgrl", "train.epochs=1",
+                           "method.trunk.dim=16", "method.trunk.attention_dim=8",
+                           f"data.embeddings={emb}")
+    images = sorted((data / "images").rglob("*.png"))[:2]
+    out = tmp_path / "att"
+    assert main(["predict", "--checkpoint", str(ckpt), *map(str, images), "--thresholds", "0.5",
+                 "--save-attention", str(out), "--out", str(tmp_path / "p.csv")]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert pngs and {p.name.split("__")[0] for p in pngs} == {i.stem for i in images}
+    assert Image.open(pngs[0]).size == (64, 64)
+    assert f"attention overlays to {out}" in capsys.readouterr().err
+    none = tmp_path / "none"
+    assert main(["predict", "--checkpoint", str(pbce_ckpt), str(images[0]),
+                 "--save-attention", str(none)]) == 2
+    assert "computes no per-class attention" in capsys.readouterr().err and not none.exists()
