@@ -1,7 +1,7 @@
 """Training-step cost of the methods, relative to each other, measured in one run.
 
     python benchmarks/method_cost.py --classes 200 --json
-    python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst satl sst_dense_ist
+    python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst satl sst_dense_ist sarb dsrb
 
 On cached-feature shapes (B x 1280 x 14 x 14, EfficientNet-Lite0 at 448 px; synthetic values, the
 cost does not depend on them): one training step = forward through the method, its loss terms,
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "satl", "hst_satl", "sst_dense_ist"]
+DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "satl", "hst_satl", "sst_dense_ist", "sarb", "dsrb"]
 
 
 def _rss_mb() -> float:

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 from tests.test_engine import tiny
 from tests.test_transfer import _embeddings, batch_of
 
-BUILT_IN = ["hst", "pbce", "satl", "ssgrl", "sst"]
+BUILT_IN = ["dsrb", "hst", "pbce", "sarb", "satl", "ssgrl", "sst"]
 
 
 def context(num_classes=4, channels=6):
@@ -57,7 +57,10 @@ VARIANTS = [("pbce", {}), ("ssgrl", SMALL),
             ("hst", {**SMALL, "start_epoch": 0, "threshold_init": 0.1}),
             ("hst", {**SMALL, "start_epoch": 0, "thresholds": "satl",
                      "satl": {"min_positives": 1}}),
-            ("satl", {**SMALL, "start_epoch": 0, "satl": {"min_positives": 1}})]
+            ("satl", {**SMALL, "start_epoch": 0, "satl": {"min_positives": 1}}),
+            ("sarb", {**SMALL, "start_epoch": 0}),
+            ("sarb", {**SMALL, "start_epoch": 0, "reference_quirks": True}),
+            ("dsrb", {**SMALL, "start_epoch": 0})]
 
 
 # BatchNorm's running statistics move in every training-mode forward by PyTorch's design; they
@@ -87,11 +90,12 @@ def test_forward_never_changes_state_update_state_does(name, cfg):
             f"{name}: forward changed {k}"
     if name in ("pbce", "ssgrl"):
         return
-    quality = m.quality.counts.clone()
+    counters = m.quality if hasattr(m, "quality") else m.blend_stats   # blending: no pseudo-labels
+    quality = counters.counts.clone()
     m.update_state(outs[0], b)
     changed = [k for k, v in _state(m).items()
                if not torch.equal(v.nan_to_num(), before[k].nan_to_num())]
-    assert changed or not torch.equal(m.quality.counts, quality), \
+    assert changed or not torch.equal(counters.counts, quality), \
         f"{name}: update_state changed nothing"
 
 
@@ -143,7 +147,7 @@ def test_every_method_declares_a_recipe_for_each_regime_it_runs_in():
 def test_a_recipe_reproduces_the_cpu_preset():
     """The recipe is what the CPU presets say (the sweeps apply recipes, users the presets)."""
     from mlrpl.config import load_config, resolved
-    for name in ("ssgrl", "sst", "hst", "satl"):
+    for name in ("ssgrl", "sst", "hst", "satl", "sarb", "dsrb"):
         preset = resolved(load_config(f"configs/voc2007-2k_{name}_cpu.yaml"))
         built = resolved(load_config("configs/voc2007-2k_pbce_cpu.yaml",
                                      recipe(name, "cpu-cached") + [f"method.name={name}",

@@ -1,0 +1,252 @@
+"""Representation blending (SPEC §5, §6, §11.8): the base of ``sarb`` and ``dsrb``.
+
+Instead of turning scores into pseudo-labels, a blending method mixes the representation F_nc of
+an *unknown* label with a known-positive representation of the same class (another image's, or a
+class prototype), runs the shared graph network and classifier on the blend and trains it with a
+soft positive target:
+
+* instance level (SARB's ILRB, DSRB's IPRB): the partner of image n is image B-1-n; for every
+  class c unknown in n and known positive in the partner, F~_nc = α F_nc + (1-α) F_partner,c,
+  target 1 - α;
+* prototype level (SARB's PLRB, DSRB's PPRB): per image one unknown class c* drawn uniformly
+  among those that have a prototype, F^_nc* = β F_nc* + (1-β) p, target 1 - β (the prototype p
+  is the method's: k-means for SARB, a location-aware quadrant prototype for DSRB).
+
+Every other entry keeps its feature and its label; the soft partial BCE of a blended forward
+counts the known entries and the blended ones. An entry that is known is never blended, and an
+image without an eligible unknown entry takes no part in prototype blending (SPEC §11.8: the
+released SARB overwrote class 0; ``reference_quirks: true`` restores that).
+
+α and β are learnable scalars (init 0.5) clamped to [0, 1]: in the forward (functional clamp) and
+in place after every optimiser step (``update_state``), as the released code kept the parameters
+themselves in the unit interval. They receive gradients through the blended features and through
+the soft targets.
+
+Randomness (the class drawn per image, SARB's k, DSRB's quadrant offset) comes from torch's
+global CPU generator inside ``forward``, which the trainer seeds per epoch and process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlrpl import dist
+from mlrpl.losses import instance_contrastive, partial_bce, soft_partial_bce, zero_loss
+from mlrpl.methods.components.ist import warmup_ramp
+from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig, sarl_recipes
+
+MODULES = ("instance", "prototype")
+
+
+# ---- selection and blending (pure functions) ------------------------------------------------------
+def instance_selection(target: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: entries unknown in image n and known positive in its partner B-1-n."""
+    return (target == 0) & (target.flip(0) > 0)
+
+
+def instance_blend(semantic: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor):
+    """ILRB / IPRB. semantic (B, C, D), target (B, C), alpha scalar in [0, 1] ->
+    (blended (B, C, D), selected (B, C) bool, soft targets (B, C) float)."""
+    sel = instance_selection(target)
+    mixed = alpha * semantic + (1 - alpha) * semantic.flip(0)
+    blended = torch.where(sel[..., None], mixed, semantic)
+    return blended, sel, soft_targets(target, sel, 1 - alpha)
+
+
+def draw_classes(eligible: torch.Tensor):
+    """One class per image, uniformly among its eligible entries (torch's global CPU generator,
+    one number per entry). eligible (B, C) bool -> (chosen (B,) long, rows (B,) bool: images that
+    have an eligible entry; ``chosen`` is 0 where they have none)."""
+    r = torch.rand(eligible.shape).to(eligible.device)
+    r = torch.where(eligible, r, torch.full_like(r, -1.0))
+    return r.argmax(1), eligible.any(1)
+
+
+def prototype_blend(semantic: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor,
+                    rows: torch.Tensor, prototypes: torch.Tensor, beta: torch.Tensor):
+    """PLRB / PPRB in the pooled form: F^_n,c* = β F_n,c* + (1-β) p_n for the images ``rows``.
+
+    semantic (B, C, D), target (B, C), chosen (B,) class per image, rows (B,) bool, prototypes
+    (B, D) the prototype each image blends with -> (blended, selected (B, C) bool, soft targets)."""
+    sel = torch.zeros_like(target, dtype=torch.bool)
+    sel[torch.arange(len(chosen), device=chosen.device), chosen] = rows
+    mixed = beta * semantic + (1 - beta) * prototypes[:, None, :].to(semantic.dtype)
+    blended = torch.where(sel[..., None], mixed, semantic)
+    return blended, sel, soft_targets(target, sel, 1 - beta)
+
+
+def soft_targets(target: torch.Tensor, selected: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Targets of a blended forward: ``value`` (a scalar tensor, with its graph) on the selected
+    entries, 1 / 0 on known positives / negatives elsewhere, 0 on unknown ones (weight 0)."""
+    return torch.where(selected, value, (target > 0).to(value.dtype))
+
+
+def blend_weight(target: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The entries a blended forward's soft BCE counts: known ones and blended ones."""
+    return (target != 0) | selected
+
+
+# ---- counters for summary.csv -------------------------------------------------------------------
+class BlendStats:
+    """Per epoch: entries blended per module, how many of them are truly positive (against the
+    hidden full labels, when the labels were simulated), and the mean α, β over the steps.
+
+    Plain tensors, not buffers (DDP would broadcast rank 0's over the others); all-reduced in
+    ``compute`` and zero at every epoch boundary, so a checkpoint never needs them.
+
+    Columns: ``blend_<module>_n``, ``blend_<module>_precision`` (% of the blended entries whose
+    hidden label is positive; NaN when none is judged), ``alpha_mean``, ``beta_mean``.
+    """
+
+    def __init__(self, modules=MODULES):
+        self.modules = list(modules)
+        self.counts = torch.zeros(len(self.modules), 3, dtype=torch.float64)   # n, tp, judged
+        self.coef = torch.zeros(3, dtype=torch.float64)                        # Σα, Σβ, steps
+
+    def reset(self):
+        self.counts = torch.zeros_like(self.counts)
+        self.coef = torch.zeros_like(self.coef)
+
+    @torch.no_grad()
+    def update(self, outputs: dict, batch: dict, alpha: float, beta: float):
+        full = batch.get("full")
+        for i, m in enumerate(self.modules):
+            sel = outputs.get(f"blend_{m}")
+            if sel is None:
+                continue
+            self.counts[i, 0] += float(sel.sum())
+            if full is not None:
+                self.counts[i, 1] += float((sel & (full > 0)).sum())
+                self.counts[i, 2] += float((sel & (full != 0)).sum())
+        self.coef += torch.tensor([alpha, beta, 1.0], dtype=torch.float64)
+
+    def compute(self, device=None) -> dict[str, float]:
+        packed = torch.cat([self.counts.flatten(), self.coef])
+        if dist.is_dist():
+            packed = dist.all_reduce_sum(packed.to(device or "cpu")).cpu()
+        counts = packed[:self.counts.numel()].view_as(self.counts)
+        a, b, steps = packed[self.counts.numel():].tolist()
+        out: dict[str, float] = {}
+        for i, m in enumerate(self.modules):
+            n, tp, judged = counts[i].tolist()
+            out[f"blend_{m}_n"] = int(n)
+            out[f"blend_{m}_precision"] = 100.0 * tp / judged if judged > 0 else float("nan")
+        out["alpha_mean"] = a / steps if steps else float("nan")
+        out["beta_mean"] = b / steps if steps else float("nan")
+        return out
+
+
+# ---- the base method ----------------------------------------------------------------------------
+@dataclass
+class BlendingConfig(SARLMethodConfig):
+    """Keys shared by ``sarb`` and ``dsrb`` (under ``method:``)."""
+    start_epoch: int = 5              # E0: blending (and the first prototypes) from this epoch on
+    prototype_interval: int = 5       # prototypes recomputed at E0, E0 + interval, ... (0: at E0)
+    contrast_weight: float = 0.05     # CSRL instance contrastive loss
+    warmup: bool = True               # ramp the contrastive weight over epoch 0 (step/steps)
+    instance_weight: float = 1.0      # weight of the instance-level blending loss
+    prototype_weight: float = 1.0     # weight of the prototype-level blending loss
+    alpha_init: float = 0.5           # α (instance), learnable, clamped to [0, 1]
+    beta_init: float = 0.5            # β (prototype), learnable, clamped to [0, 1]
+    reference_quirks: bool = False    # the released prototype-blending behaviour (see the method)
+
+
+class BlendingMethod(SARLMethod):
+    """SARL trunk + CSRL + instance-level and prototype-level blending.
+
+    Subclasses own ``self.prototypes`` (buffers ``centres`` (C, K, D) and ``valid`` (C, K)) and
+    implement :meth:`recompute_prototypes` and :meth:`prototype_choice`."""
+
+    # α, β take no part before E0, or when a batch blends nothing.
+    ddp_find_unused_parameters = True
+    recipes = sarl_recipes(hcp=["train.batch_size=8"])
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.quirks = bool(cfg.reference_quirks)
+        self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
+        self.beta = nn.Parameter(torch.tensor(float(cfg.beta_init)))
+        self.blend_stats = BlendStats()
+
+    # ---- prototypes --------------------------------------------------------------------------
+    def prototype_due(self, epoch: int) -> bool:
+        e0, every = int(self.cfg.start_epoch), int(self.cfg.prototype_interval)
+        if epoch < e0:
+            return False
+        return epoch == e0 if every <= 0 else (epoch - e0) % every == 0
+
+    def on_epoch_start(self, ctx):
+        if self.prototype_due(ctx.epoch) and int(self.prototypes.epoch) != ctx.epoch:
+            self.recompute_prototypes(ctx)
+
+    def recompute_prototypes(self, ctx) -> None:
+        raise NotImplementedError
+
+    def prototype_choice(self, out: dict, target: torch.Tensor):
+        """(chosen (B,), rows (B,) bool, prototype vectors (B, D)) for this batch."""
+        raise NotImplementedError
+
+    # ---- forward -----------------------------------------------------------------------------
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.alpha.clamp(0, 1), self.beta.clamp(0, 1)
+
+    def is_active(self, epoch: int) -> bool:
+        return epoch >= int(self.cfg.start_epoch)
+
+    def forward(self, features, batch=None):
+        out = self.trunk(features)
+        if not self.training or batch is None or "target" not in batch:
+            return out
+        target = batch["target"]
+        out["contrast"] = instance_contrastive(out["semantic"], target)
+        if not self.is_active(int(batch.get("epoch", 0))):
+            return out
+        alpha, beta = self.coefficients()
+        semantic = out["semantic"]
+        blended, sel, soft = instance_blend(semantic, target, alpha)
+        self._blended_forward(out, "instance", blended, sel, soft, target)
+        chosen, rows, protos = self.prototype_choice(out, target)
+        blended, sel, soft = prototype_blend(semantic, target, chosen, rows, protos, beta)
+        self._blended_forward(out, "prototype", blended, sel, soft, target)
+        return out
+
+    def _blended_forward(self, out, module, blended, sel, soft, target):
+        """Graph network + classifier on the blend; a batch that blends nothing reuses the plain
+        logits (the same numbers: every feature is unchanged)."""
+        logits = self.trunk.classify(blended)[0] if bool(sel.any()) else out["logits"]
+        out[f"logits_{module}"] = logits
+        out[f"soft_{module}"] = soft
+        out[f"weight_{module}"] = blend_weight(target, sel)
+        out[f"blend_{module}"] = sel
+
+    # ---- loss and state ----------------------------------------------------------------------
+    def loss(self, outputs, batch, epoch):
+        cfg = self.cfg
+        ramp = warmup_ramp(batch, epoch, cfg.warmup)
+        zero = zero_loss(outputs["logits"])
+        terms = {"bce": partial_bce(outputs["logits"], batch["target"]),
+                 "contrast": cfg.contrast_weight * ramp * outputs["contrast"]}
+        for module, weight in (("instance", cfg.instance_weight),
+                               ("prototype", cfg.prototype_weight)):
+            key = f"logits_{module}"
+            terms[f"blend_{module}"] = (weight * soft_partial_bce(
+                outputs[key], outputs[f"soft_{module}"], outputs[f"weight_{module}"])
+                if key in outputs else zero)
+        return terms
+
+    @torch.no_grad()
+    def update_state(self, outputs, batch):
+        # The released code clamped the parameters themselves into [0, 1].
+        self.alpha.clamp_(0, 1)
+        self.beta.clamp_(0, 1)
+        self.blend_stats.update(outputs, batch, float(self.alpha), float(self.beta))
+
+    def epoch_stats(self):
+        device = next(self.parameters()).device
+        stats = self.blend_stats.compute(device)
+        self.blend_stats.reset()
+        stats["alpha"] = float(self.alpha.detach())
+        stats["beta"] = float(self.beta.detach())
+        return stats
