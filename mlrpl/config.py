@@ -107,6 +107,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # Method-agnostic plug-ins, applied in order: [{name: logicmix, prob: 0.5}, {name: ema}, ...]
+    # (mlrpl.plugins); each entry's keys are checked against its plug-in's Config.
+    plugins: Any = field(default_factory=list)
 
 
 _CHOICES = {
@@ -213,6 +216,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         if v not in allowed:
             raise ConfigError(f"bad value for '{key}': {v!r}; expected one of {list(allowed)}")
     _check_ranges(cfg)
+    from mlrpl.plugins import check_plugins
+    cfg.plugins = check_plugins(cfg.plugins)
     return cfg
 
 

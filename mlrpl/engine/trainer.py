@@ -37,6 +37,8 @@ from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_
 from mlrpl.errors import MlrplError
 from mlrpl.logs import log_file
 from mlrpl.methods.base import EpochContext, eval_mode
+from mlrpl.plugins import build_plugins
+from mlrpl.plugins.base import PluginContext, TrainEndContext
 from mlrpl.methods import method_code_digest
 from mlrpl.progress import progress
 
@@ -138,6 +140,9 @@ class Trainer:
         self.exp = Experiment(cfg, train, val, partial, record, model)
         self.model = model
         self.train_ds, self.val_ds = self._datasets()
+        self.plugins = build_plugins(cfg.plugins, PluginContext(
+            train.num_classes, list(train.classes), self.exp.partial, int(cfg.seed)),
+            model).to(self.device)
         self.ddp_model = model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -187,7 +192,7 @@ class Trainer:
         from mlrpl.data.embeddings import embedding_source
         origin = getattr(method, "embedding_origin", None)
         extra = {"word_vectors": embedding_source(origin) if origin else None,
-                 "skipped_images": self.skipped}
+                 "skipped_images": self.skipped, "plugins": self.plugins.names()}
         if origin:
             src = extra["word_vectors"]
             log.info("word vectors: " + (f"{src['path']} (sha256 {str(src['sha256'])[:12]})"
@@ -241,6 +246,9 @@ class Trainer:
             with self.session():
                 while self.epoch < stop_at:
                     self._run_epoch(self.epoch)
+                if self.epoch >= cfg.train.epochs:
+                    # the model keeps the weights the last checkpoint holds (EMA)
+                    self.plugins.finalize(self.model)
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -250,9 +258,19 @@ class Trainer:
         cfg = self.cfg
         seed_everything(epoch_seed(cfg.seed, epoch, self.rank))
         self.model.method.on_epoch_start(self.epoch_context(epoch))
+        self.plugins.on_epoch_start(self.epoch_context(epoch), self.model)
         t0 = time.time()
         terms = self.train_one_epoch(epoch)
         t1 = time.time()
+        # Plug-ins choose the weights evaluated and checkpointed (EMA) until the epoch ends.
+        with self.plugins.evaluation(self.model):
+            self._finish_epoch(epoch, terms, t0, t1)
+
+    def _finish_epoch(self, epoch: int, terms: dict, t0: float, t1: float):
+        cfg = self.cfg
+        final = {}
+        if epoch + 1 == cfg.train.epochs and len(self.plugins):
+            final = self.plugins.on_train_end(self.train_end_context(epoch), self.model)
         metrics, _ = self.evaluate(self.val_ds, self.exp.val.labels)
         t2 = time.time()
         self.epoch = epoch + 1
@@ -262,6 +280,8 @@ class Trainer:
         row.update({f"loss_{k}": v for k, v in terms.items()})
         row.update(metrics)
         row.update(self.model.method.epoch_stats())
+        row.update(self.plugins.epoch_stats())
+        row.update(final)
         row.update({"time_train_s": round(t1 - t0, 3), "time_eval_s": round(t2 - t1, 3)})
         self.history.append(row)
         improved = metrics["mAP"] > self.best["mAP"]
@@ -302,9 +322,12 @@ class Trainer:
             batch["epoch"] = epoch
             batch["step"] = step
             batch["steps_per_epoch"] = len(loader)
+            batch = self.plugins.transform_batch(batch, epoch)
             with torch.autocast(device_type=dev_type, dtype=self.amp, enabled=self.amp is not None):
                 outputs = self.ddp_model(batch)
             terms = method.loss(outputs, batch, epoch)
+            if len(self.plugins):
+                terms = self.plugins.loss(outputs, batch, epoch, dict(terms))
             total = sum(terms.values())
             finite = torch.tensor([float(torch.isfinite(total).item())], device=self.device)
             if self.world > 1:
@@ -328,6 +351,7 @@ class Trainer:
             if self.sched_per_step and self.scheduler is not None:
                 self.scheduler.step()
             method.update_state(outputs, batch)
+            self.plugins.update_state(self.model, outputs, batch)
             for k, v in list(terms.items()) + [("total", total)]:
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_steps += 1
@@ -344,6 +368,14 @@ class Trainer:
         return EpochContext(epoch=epoch, seed=int(self.cfg.seed), partial_labels=self.exp.partial,
                             show_progress=self.show_progress,
                             eval_batches=lambda desc: self._eval_batches(self.train_ds, desc))
+
+    def train_end_context(self, epoch: int) -> TrainEndContext:
+        """What a plug-in's ``on_train_end`` may use (see :class:`TrainEndContext`)."""
+        return TrainEndContext(epoch=epoch, seed=int(self.cfg.seed),
+                               partial_labels=self.exp.partial, show_progress=self.show_progress,
+                               train_batches=lambda desc: self._eval_batches(self.train_ds, desc),
+                               eval_batches=lambda desc: self._eval_batches(self.val_ds, desc),
+                               eval_labels=self.exp.val.labels)
 
     @torch.no_grad()
     def _eval_batches(self, dataset, desc: str):
@@ -406,6 +438,7 @@ class Trainer:
             "history": self.history,
             "best": dict(self.best),
             "metrics": {k: float(v) for k, v in metrics.items()},
+            **({"plugins": self.plugins.state_dict()} if len(self.plugins) else {}),
         }
 
     def _load_resume(self, path: Path):
@@ -414,6 +447,12 @@ class Trainer:
             raise MlrplError(f"{path}: the checkpoint was trained on other partial labels "
                              f"(mask hash differs); resume needs the same data and mask")
         load_model_state(self.model, ckpt)
+        if len(self.plugins):
+            if "plugins" not in ckpt:
+                raise MlrplError(f"{path}: the checkpoint holds no plug-in state but the run "
+                                 f"lists plug-ins {self.plugins.names()}")
+            self.plugins.load_state_dict(ckpt["plugins"])
+            self.plugins.after_resume(self.model)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
