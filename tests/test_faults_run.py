@@ -309,3 +309,21 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_error(shapes, cache_dir, 
         monkeypatch.setattr(ck.torch, "save", real)
     assert "last.pt: no space left on the device (disk full)" in one_error_line(capsys)
     assert not list(run.glob(".*.tmp"))
+
+
+def test_resume_after_the_final_checkpoint_rewrites_stale_run_files(reference, tmp_path):
+    # killed after the last epoch's checkpoints, before metrics.json and the run record caught up
+    ref, _ = reference["pbce"]
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "mask.npy", "mask.provenance.json", "last.pt", "best.pt"):
+        (run / name).write_bytes((ref / name).read_bytes())
+    record = json.loads((ref / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(dict(record, checkpoints={"last": 2, "best": 2})))
+    stale = json.loads((ref / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(dict(stale, best_epoch=1, epochs=2)))
+    assert main(["train", "--resume", "--run-dir", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == stale["best_epoch"] and metrics["epochs"] == 3
+    assert json.loads((run / "run.json").read_text())["checkpoints"] == {"last": 3, "best": 3}
+    assert summary(run) == summary(ref)

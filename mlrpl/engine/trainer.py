@@ -164,6 +164,8 @@ class Trainer:
         if resume:
             self._load_resume(self.run_dir / rundir.LAST)
         self.record = self._record_inputs(method)
+        if resume and dist.is_main():
+            self._sync_run_files()
         log.info(f"mlrpl {__version__} | run {self.run_dir} | {self.world} process(es) on "
                  f"{self.device} | method {cfg.method.name} | {len(train)} train / {len(val)} eval "
                  f"images x {train.num_classes} classes | {record['known_entries']} of "
@@ -464,6 +466,15 @@ class Trainer:
         if dist.is_main():
             self._repair_best(ckpt)
         log.info(f"resumed {path} after epoch {self.epoch}")
+
+    def _sync_run_files(self):
+        """On resume, rewrite what a kill after the checkpoint writes may have left one epoch
+        behind (summary.csv, metrics.json, the run record's checkpoints) from last.pt, the
+        authority: a run killed after its final checkpoint has no epoch left to rewrite them."""
+        rundir.write_summary(self.run_dir, self.history)
+        self._write_metrics_json()
+        rundir.write_run_record(self.run_dir, checkpoints={"last": self.epoch,
+                                                           "best": self.best["epoch"] + 1})
 
     def _repair_best(self, last: dict):
         """best.pt must hold the epoch the run calls best. Checkpoints are written last.pt first,
