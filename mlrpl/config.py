@@ -259,12 +259,27 @@ def _check_ranges(cfg) -> None:
             raise ConfigError(f"bad value for '{key}': {v!r}; expected {expected}")
 
 
+# Paths kept as the user gave them in config.yaml and checkpoints when they depend on the
+# environment (``${oc.env:MLRPL_DATA,data}/coco128``): a run or checkpoint moved to another machine
+# finds its data and cache there. Relative paths are never made absolute.
+PATH_KEYS = ("data.root", "data.val_root", "data.embeddings", "data.mask_file",
+             "model.cache_dir", "model.pretrained")
+
+
 def resolved(cfg: DictConfig) -> dict:
-    """Plain, fully resolved dict (what goes into config.yaml and checkpoints)."""
+    """Plain dict (what goes into config.yaml and checkpoints): every value resolved but the
+    environment-dependent paths of ``PATH_KEYS``, which are kept as given."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        out = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve the configuration: {e}") from None
+    given = OmegaConf.to_container(cfg, resolve=False)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        raw = (given.get(section) or {}).get(name)
+        if isinstance(raw, str) and "${oc.env:" in raw:
+            out[section][name] = raw
+    return out
 
 
 def to_yaml(cfg) -> str:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from mlrpl.version import __version__
-from mlrpl.config import resolved, to_yaml
-from mlrpl import dist
+from mlrpl import dist, faults
+from mlrpl.config import PATH_KEYS, resolved, to_yaml
 from mlrpl.engine import rundir
-from mlrpl import faults
 from mlrpl.engine.checkpoint import (FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                      load_model_state, rng_state, set_rng_state)
 from mlrpl.engine.evaluate import predict_logits, score
@@ -36,11 +35,12 @@ from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_
                                   select_device, to_device)
 from mlrpl.errors import MlrplError
 from mlrpl.logs import log_file
+from mlrpl.methods import method_code_digest
 from mlrpl.methods.base import EpochContext, eval_mode
 from mlrpl.plugins import build_plugins
 from mlrpl.plugins.base import PluginContext, TrainEndContext
-from mlrpl.methods import method_code_digest
 from mlrpl.progress import progress
+from mlrpl.version import __version__
 
 log = logging.getLogger("mlrpl")
 
@@ -122,7 +122,8 @@ class Trainer:
         if dist.is_main():
             (self.run_dir / rundir.CONFIG).write_text(to_yaml(cfg))
             rundir.write_run_record(self.run_dir, method=cfg.method.name,
-                                    method_code=method_code_digest(cfg.method.name))
+                                    method_code=method_code_digest(cfg.method.name),
+                                    paths={k: OmegaConf.select(cfg, k) for k in PATH_KEYS})
         self.show_progress = {"auto": None, "always": True, "never": False}[cfg.train.progress]
         self.show_progress = self.show_progress if dist.is_main() else False
 
