@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mlrpl.losses import instance_contrastive, partial_bce, zero_loss
-from mlrpl.methods.components.prototypes import Prototypes
+from mlrpl.methods.components.prototypes import Prototypes, recompute_due
 from mlrpl.methods.components.sarl import sarl_recipes
 from mlrpl.methods.components.transfer import TransferConfig, TransferMethod
 from mlrpl.methods.registry import register_method
@@ -76,15 +76,10 @@ class HST(TransferMethod):
                 {"params": thresholds, "weight_decay": 0.0, "name": "thresholds"}]
 
     # ---- prototypes --------------------------------------------------------------------------
-    def prototype_due(self, epoch: int) -> bool:
-        e0, every = int(self.cfg.start_epoch), int(self.cfg.prototype_interval)
-        if epoch < e0:
-            return False
-        return epoch == e0 if every <= 0 else (epoch - e0) % every == 0
-
     def on_epoch_start(self, ctx):
         super().on_epoch_start(ctx)
-        if not self.prototype_due(ctx.epoch) or int(self.prototypes.epoch) == ctx.epoch:
+        if not recompute_due(ctx.epoch, int(self.prototypes.epoch), int(self.cfg.start_epoch),
+                             int(self.cfg.prototype_interval)):
             return
         n = self.prototypes.recompute(ctx, int(self.cfg.kmeans_n_init))
         log.info(f"hst: prototypes at epoch {ctx.epoch + 1} from {n} known positives "

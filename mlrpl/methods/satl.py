@@ -108,12 +108,9 @@ class SATL(SARLMethod):
 
     def update_state(self, outputs, batch):
         self.distributions.update("cls", outputs["prob"], batch["target"])
-        full = batch.get("full")
         if "pl_pos" in outputs:
-            self.quality.update("pos", outputs["pl_pos"], batch["target"], full)
-            # Negative pseudo-labels: "right" when the hidden label is negative.
-            self.quality.update("neg", outputs["pl_neg"], batch["target"],
-                                None if full is None else -full)
+            self.quality.update_pos_neg("pos", "neg", outputs["pl_pos"], outputs["pl_neg"],
+                                        batch["target"], batch.get("full"))
 
     def epoch_stats(self):
         device = next(self.parameters()).device

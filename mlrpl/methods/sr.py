@@ -152,10 +152,8 @@ class SR(Method):
     def update_state(self, outputs, batch):
         if int(batch.get("epoch", 0)) < int(self.cfg.start_epoch) or "pl_pos" not in outputs:
             return
-        full = batch.get("full")
-        self.quality.update("pos", outputs["pl_pos"], batch["target"], full)
-        self.quality.update("neg", outputs["pl_neg"], batch["target"],
-                            None if full is None else -full)
+        self.quality.update_pos_neg("pos", "neg", outputs["pl_pos"], outputs["pl_neg"],
+                                    batch["target"], batch.get("full"))
 
     def epoch_stats(self):
         stats = self.quality.compute(self.cam.weight.device)

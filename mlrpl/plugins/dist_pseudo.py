@@ -72,11 +72,10 @@ class DistPseudo(Plugin):
 
     def update_state(self, model, outputs, batch):
         self.distributions.update("cls", outputs["dist_pseudo_prob"], batch["target"])
-        truth = batch.get("full")
         if "dist_pseudo_pos" in outputs:
-            self.quality.update("dp_pos", outputs["dist_pseudo_pos"], batch["target"], truth)
-            self.quality.update("dp_neg", outputs["dist_pseudo_neg"], batch["target"],
-                                None if truth is None else -truth)
+            self.quality.update_pos_neg("dp_pos", "dp_neg", outputs["dist_pseudo_pos"],
+                                        outputs["dist_pseudo_neg"], batch["target"],
+                                        batch.get("full"))
 
     def epoch_stats(self):
         stats = self.quality.compute(self.distributions.pos.device)

@@ -35,6 +35,7 @@ from torch import nn
 from mlrpl import dist
 from mlrpl.losses import instance_contrastive, partial_bce, soft_partial_bce, zero_loss
 from mlrpl.methods.components.ist import warmup_ramp
+from mlrpl.methods.components.prototypes import recompute_due
 from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig, sarl_recipes
 
 MODULES = ("instance", "prototype")
@@ -171,14 +172,9 @@ class BlendingMethod(SARLMethod):
         self.blend_stats = BlendStats()
 
     # ---- prototypes --------------------------------------------------------------------------
-    def prototype_due(self, epoch: int) -> bool:
-        e0, every = int(self.cfg.start_epoch), int(self.cfg.prototype_interval)
-        if epoch < e0:
-            return False
-        return epoch == e0 if every <= 0 else (epoch - e0) % every == 0
-
     def on_epoch_start(self, ctx):
-        if self.prototype_due(ctx.epoch) and int(self.prototypes.epoch) != ctx.epoch:
+        if recompute_due(ctx.epoch, int(self.prototypes.epoch), int(self.cfg.start_epoch),
+                         int(self.cfg.prototype_interval)):
             self.recompute_prototypes(ctx)
 
     def recompute_prototypes(self, ctx) -> None:

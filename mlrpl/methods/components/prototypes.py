@@ -14,6 +14,15 @@ from mlrpl import dist, faults
 from mlrpl.progress import progress
 
 
+def recompute_due(epoch: int, last: int, start_epoch: int, interval: int) -> bool:
+    """Whether prototypes are (re)computed before ``epoch``: at E0 = ``start_epoch`` and every
+    ``interval`` epochs after (``interval`` <= 0: only at E0), unless ``last``, the epoch they were
+    last computed at, is this one already (a resumed run)."""
+    if epoch < start_epoch or epoch == last:
+        return False
+    return epoch == start_epoch if interval <= 0 else (epoch - start_epoch) % interval == 0
+
+
 def kmeans_seed(seed: int, epoch: int) -> int:
     """The K-means random_state of a prototype pass: from the experiment seed and the epoch."""
     return int((int(seed) * 1_000_003 + int(epoch) * 7919) % 2**32)

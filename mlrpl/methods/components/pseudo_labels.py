@@ -58,6 +58,13 @@ class PseudoLabelQuality:
         self.counts[s] += rows
         self.active[s] = 1
 
+    def update_pos_neg(self, pos_source: str, neg_source: str, positive: torch.Tensor,
+                       negative: torch.Tensor, target: torch.Tensor, full) -> None:
+        """Count positive and negative pseudo-labels at once: a negative pseudo-label is right
+        when the hidden label is negative."""
+        self.update(pos_source, positive, target, full)
+        self.update(neg_source, negative, target, None if full is None else -full)
+
     def compute(self, device=None) -> dict[str, float]:
         counts, active = self.counts, self.active
         if device is not None:
