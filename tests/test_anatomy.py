@@ -16,7 +16,7 @@ from mlrpl.methods import REGIMES, create_method, list_methods, recipe, register
 from mlrpl.methods.base import Method, MethodConfig, MethodContext
 from tests.conftest import REPO
 from tests.test_engine import tiny
-from tests.test_transfer import _embeddings, batch_of
+from tests.test_transfer import batch_of
 
 BUILT_IN = ["dsrb", "hst", "pbce", "sarb", "satl", "ssgrl", "sst"]
 

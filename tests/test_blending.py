@@ -1,6 +1,5 @@
 """Representation blending: sarb, dsrb and their components (issue 13; SPEC §5, §6, §11.8,
 §11.10)."""
-import json
 import math
 
 import pytest
@@ -11,7 +10,7 @@ from mlrpl.methods.components.blending import (BlendStats, draw_classes, instanc
 from mlrpl.methods.components.quadrant_prototypes import (peak_quadrant, pprb_map_form,
                                                           quadrant_means)
 from tests.test_anatomy import context
-from tests.test_transfer import _embeddings, batch_of, build, train_twice_with_resume
+from tests.test_transfer import batch_of, train_twice_with_resume
 
 SMALL = {"trunk": {"dim": 8, "attention_dim": 4}}
 
@@ -311,23 +310,8 @@ json.dump(report, open(f"{out}/report{td.get_rank()}.json", "w"))
 
 
 def test_two_gloo_processes_share_prototypes_and_coefficients(shapes, cache_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    from tests.test_engine import tiny
-    script = tmp_path / "ddp_blend.py"
-    script.write_text(_DDP_SCRIPT)
-    common = [a for a in tiny(shapes, cache_dir, tmp_path / "unused") if not a.startswith("run.dir")]
-    common += ["method.trunk.dim=32", "method.trunk.attention_dim=16", "method.start_epoch=1",
-               f"data.embeddings={_embeddings(tmp_path)}", "train.eval_batch_size=5"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), json.dumps(common), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"report{i}.json").read_text()) for i in (0, 1)]
+    from tests.test_transfer import run_two_gloo_processes
+    reports = run_two_gloo_processes(_DDP_SCRIPT, shapes, cache_dir, tmp_path)
     for rep in reports:
         for name in ("sarb", "dsrb"):
             assert [k for k in rep[name]["differs"] if "running_" not in k] == [], name

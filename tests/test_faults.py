@@ -4,8 +4,6 @@ Every test here failed on the code before issue 12 (a traceback, a silent wrong 
 misleading message). Kill tests and run-directory faults: tests/test_faults_run.py.
 """
 import errno
-import io
-import json
 import os
 
 import numpy as np
@@ -16,7 +14,7 @@ from PIL import Image
 from mlrpl.cli import main
 from mlrpl.config import load_config
 from mlrpl.data import read_dataset
-from mlrpl.errors import ConfigError, DataError, MlrplError
+from mlrpl.errors import DataError
 from tests.test_data import VOC3, make_voc
 from tests.test_engine import tiny
 

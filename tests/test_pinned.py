@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 PINS = Path(__file__).parent / "data" / "method_pins.json"
 NAMES = ["red_circle", "green_square", "blue_triangle", "yellow_star", "white_ring", "purple_cross"]

@@ -1,6 +1,5 @@
 """sr (issue 15): the saliency boost and the confidence pseudo-label rule on small tensors, and a
 short training run."""
-import pytest
 import torch
 
 from mlrpl.config import load_config

@@ -393,24 +393,7 @@ json.dump(report, open(f"{out}/report{td.get_rank()}.json", "w"))
 def test_two_gloo_processes_share_bank_prototypes_and_statistics(shapes, cache_dir, tmp_path):
     """Under DDP every process holds the same method state (bank, prototypes, thresholds, pseudo-
     label statistics); the prototype pass sees each known positive once, in dataset order."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    from tests.test_engine import tiny
-    script = tmp_path / "ddp_transfer.py"
-    script.write_text(_DDP_SCRIPT)
-    common = [a for a in tiny(shapes, cache_dir, tmp_path / "unused") if not a.startswith("run.dir")]
-    common += ["method.trunk.dim=32", "method.trunk.attention_dim=16", "method.start_epoch=1",
-               f"data.embeddings={_embeddings(tmp_path)}", "train.eval_batch_size=5"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), json.dumps(common), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"report{i}.json").read_text()) for i in (0, 1)]
+    reports = run_two_gloo_processes(_DDP_SCRIPT, shapes, cache_dir, tmp_path)
     for rep in reports:
         for method in ("sst", "hst"):
             # BatchNorm running statistics are per process in DDP; nothing else may differ
@@ -419,3 +402,26 @@ def test_two_gloo_processes_share_bank_prototypes_and_statistics(shapes, cache_d
     assert reports[0]["sst"]["pl"] == reports[1]["sst"]["pl"]
     assert reports[0]["hst"]["pl"] == reports[1]["hst"]["pl"]
     assert reports[0]["hst"]["pl"][0] > 0
+
+
+def run_two_gloo_processes(script_text: str, shapes, cache_dir, tmp_path) -> list[dict]:
+    """Run ``script_text`` under torchrun with 2 gloo processes on the tiny shapes set (small
+    SARL trunk, E0 = 1) and return each rank's ``report<rank>.json``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.test_engine import tiny
+    script = tmp_path / "ddp_script.py"
+    script.write_text(script_text)
+    common = [a for a in tiny(shapes, cache_dir, tmp_path / "unused") if not a.startswith("run.dir")]
+    common += ["method.trunk.dim=32", "method.trunk.attention_dim=16", "method.start_epoch=1",
+               f"data.embeddings={_embeddings(tmp_path)}", "train.eval_batch_size=5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), json.dumps(common), str(tmp_path)]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [json.loads((tmp_path / f"report{i}.json").read_text()) for i in (0, 1)]
