@@ -287,6 +287,7 @@ import json, sys
 import torch, torch.distributed as td
 from mlrpl.config import load_config
 from mlrpl.engine.trainer import Trainer
+from tests.test_transfer import state_differs_from_rank0
 common, out = json.loads(sys.argv[1]), sys.argv[2]
 report = {}
 for method, extra in (("sarb", ["method.prototype_interval=1", "method.num_prototypes=3"]),
@@ -294,13 +295,7 @@ for method, extra in (("sarb", ["method.prototype_interval=1", "method.num_proto
     t = Trainer(load_config(None, common + [f"run.dir={out}/{method}", f"method.name={method}",
                                             *extra]))
     t.fit()
-    differs = []
-    for k, v in t.model.method.state_dict().items():
-        x = v.detach().clone().float()
-        y = x.clone()
-        td.broadcast(y, 0)
-        if not torch.equal(x, y):
-            differs.append(k)
+    differs = state_differs_from_rank0(t.model.method)
     row = t.history[-1]
     report[method] = {"differs": differs,
                       "row": [row["blend_instance_n"], row["blend_prototype_n"], row["alpha_mean"]],

@@ -359,6 +359,7 @@ import numpy as np, torch, torch.distributed as td
 from mlrpl.config import load_config
 from mlrpl.engine.trainer import Trainer
 from mlrpl.methods.components.prototypes import collect_positive_features
+from tests.test_transfer import state_differs_from_rank0
 common, out = json.loads(sys.argv[1]), sys.argv[2]
 report = {}
 for method, extra in (("sst", ["method.bank_size=4", "method.threshold_start=0.3",
@@ -368,13 +369,7 @@ for method, extra in (("sst", ["method.bank_size=4", "method.threshold_start=0.3
     t = Trainer(load_config(None, common + [f"run.dir={out}/{method}", f"method.name={method}",
                                             *extra]))
     t.fit()
-    differs = []
-    for k, v in t.model.method.state_dict().items():
-        x = v.detach().clone().float()
-        y = x.clone()
-        td.broadcast(y, 0)
-        if not torch.equal(x, y):
-            differs.append(k)
+    differs = state_differs_from_rank0(t.model.method)
     row = t.history[-1]
     report[method] = {"differs": differs, "pl": [row["pl_intra_n"], row["pl_inter_n"]]}
     if method == "hst":
@@ -425,3 +420,16 @@ def run_two_gloo_processes(script_text: str, shapes, cache_dir, tmp_path) -> lis
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [json.loads((tmp_path / f"report{i}.json").read_text()) for i in (0, 1)]
+
+
+def state_differs_from_rank0(module) -> list[str]:
+    """Inside a process group: the names of ``module``'s tensors that differ from rank 0's."""
+    import torch.distributed as td
+    differs = []
+    for k, v in module.state_dict().items():
+        x = v.detach().clone().float()
+        y = x.clone()
+        td.broadcast(y, 0)
+        if not torch.equal(x, y):
+            differs.append(k)
+    return differs

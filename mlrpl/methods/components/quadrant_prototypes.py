@@ -16,10 +16,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from mlrpl import dist, faults
-from mlrpl.methods.components.prototypes import collect_positive_features
+from mlrpl.methods.components.prototypes import Prototypes, collect_positive_features
 
 QUADRANTS = 4
 _KEY = "_quadrant_semantic"
@@ -90,21 +89,14 @@ def pprb_map_form(maps: torch.Tensor, classes: torch.Tensor, num_classes: int, c
     return blend.sum((1, 2))
 
 
-class QuadrantPrototypes(nn.Module):
+class QuadrantPrototypes(Prototypes):
     """Buffers (saved with the model): ``centres`` (C, 4, D) pooled prototypes, ``valid`` (C, 4)
     (a class with a known positive has all four, empty quadrants by the fallback),
     ``occupancy`` (C, 4) known positives per quadrant at the last recomputation, ``epoch``."""
 
     def __init__(self, num_classes: int, dim: int):
-        super().__init__()
-        self.register_buffer("centres", torch.zeros(num_classes, QUADRANTS, dim))
-        self.register_buffer("valid", torch.zeros(num_classes, QUADRANTS, dtype=torch.bool))
+        super().__init__(num_classes, QUADRANTS, dim)
         self.register_buffer("occupancy", torch.zeros(num_classes, QUADRANTS, dtype=torch.long))
-        self.register_buffer("epoch", torch.tensor(-1, dtype=torch.long))
-
-    @property
-    def any(self) -> torch.Tensor:
-        return self.valid.any(1)
 
     @torch.no_grad()
     def recompute(self, ctx, cap: int = 100, shrink: bool = False) -> int:
