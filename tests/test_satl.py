@@ -269,6 +269,8 @@ D.is_dist = D_is
 for k, v in d.state_dict().items():
     torch.testing.assert_close(v, one.state_dict()[k], rtol=0, atol=0, equal_nan=True), k
 print("ok", rank)
+td.barrier()
+td.destroy_process_group()
 """
 
 

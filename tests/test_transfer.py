@@ -410,7 +410,9 @@ def run_two_gloo_processes(script_text: str, shapes, cache_dir, tmp_path) -> lis
     from tests.conftest import REPO
     from tests.test_engine import tiny
     script = tmp_path / "ddp_script.py"
-    script.write_text(script_text)
+    # leave the process group explicitly: gloo's threads torn down at interpreter exit can
+    # abort a process ("terminate called without an active exception") after its work is done
+    script.write_text(script_text + "\ntd.barrier()\ntd.destroy_process_group()\n")
     common = [a for a in tiny(shapes, cache_dir, tmp_path / "unused") if not a.startswith("run.dir")]
     common += ["method.trunk.dim=32", "method.trunk.attention_dim=16", "method.start_epoch=1",
                f"data.embeddings={_embeddings(tmp_path)}", "train.eval_batch_size=5"]
