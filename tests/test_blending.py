@@ -97,6 +97,39 @@ def test_all_known_batch_blends_nothing(name):
 
 
 @pytest.mark.parametrize("name", ["sarb", "dsrb"])
+def test_one_pass_over_changed_images_equals_full_batch_passes(name):
+    """The blended forwards run the graph network once, on only the images a blend changed; the
+    logits, losses and gradients equal one full-batch pass per module."""
+    m = method(name)
+    # image 1: no instance blend (its partner is itself), no unknown entry for the prototypes
+    target = [[0, 1, -1, 0], [1, -1, 1, -1], [1, 0, 0, 1]]
+    torch.manual_seed(3)
+    b = batch_of(target, epoch=1)
+    drawn = []
+    choice = m.prototype_choice
+    m.prototype_choice = lambda *a: drawn.append(choice(*a)) or drawn[-1]
+    out = m(b["features"], b)
+    assert out["blend_instance"].any(1).tolist() == [True, False, True]
+    assert out["blend_prototype"].any(1).tolist() == [True, False, True]
+    alpha, beta = m.coefficients()
+    blended, _, _ = instance_blend(out["semantic"], b["target"], alpha)
+    full = {"instance": m.trunk.classify(blended)[0]}
+    chosen, rows, protos = drawn[0]
+    blended, _, _ = prototype_blend(out["semantic"], b["target"], chosen, rows, protos, beta)
+    full["prototype"] = m.trunk.classify(blended)[0]
+    for module in full:
+        torch.testing.assert_close(out[f"logits_{module}"], full[module], rtol=0, atol=1e-6)
+    params = [p for p in m.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(sum(out[f"logits_{k}"].sum() for k in full), params,
+                                allow_unused=True, retain_graph=True)
+    ref = torch.autograd.grad(sum(v.sum() for v in full.values()), params, allow_unused=True)
+    for g, r in zip(grads, ref):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sarb", "dsrb"])
 def test_terms_schedule_and_coefficients(name):
     m = method(name, start_epoch=1)
     b0 = batch_of([[1, 0, -1, 0], [1, 1, 0, -1], [0, 1, -1, 1]], epoch=0)

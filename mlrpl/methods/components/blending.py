@@ -201,21 +201,27 @@ class BlendingMethod(SARLMethod):
             return out
         alpha, beta = self.coefficients()
         semantic = out["semantic"]
-        blended, sel, soft = instance_blend(semantic, target, alpha)
-        self._blended_forward(out, "instance", blended, sel, soft, target)
+        blends = {"instance": instance_blend(semantic, target, alpha)}
         chosen, rows, protos = self.prototype_choice(out, target)
-        blended, sel, soft = prototype_blend(semantic, target, chosen, rows, protos, beta)
-        self._blended_forward(out, "prototype", blended, sel, soft, target)
+        blends["prototype"] = prototype_blend(semantic, target, chosen, rows, protos, beta)
+        self._blended_forward(out, blends, target)
         return out
 
-    def _blended_forward(self, out, module, blended, sel, soft, target):
-        """Graph network + classifier on the blend; a batch that blends nothing reuses the plain
-        logits (the same numbers: every feature is unchanged)."""
-        logits = self.trunk.classify(blended)[0] if bool(sel.any()) else out["logits"]
-        out[f"logits_{module}"] = logits
-        out[f"soft_{module}"] = soft
-        out[f"weight_{module}"] = blend_weight(target, sel)
-        out[f"blend_{module}"] = sel
+    def _blended_forward(self, out, blends: dict, target):
+        """Graph network + classifier on the blends, in one call over only the images a blend
+        changed: an image none of whose features were blended keeps its plain logits (the same
+        numbers, from the same graph), so its rows need no second pass. Exact: the graph
+        network and the classifier act on each image alone (no batch statistics)."""
+        rows = {m: sel.any(1).nonzero().flatten() for m, (_, sel, _) in blends.items()}
+        stacked = [blends[m][0][rows[m]] for m in blends]
+        new = (self.trunk.classify(torch.cat(stacked))[0].split([len(rows[m]) for m in blends])
+               if sum(len(r) for r in rows.values()) else [None] * len(blends))
+        for (module, (_, sel, soft)), logits in zip(blends.items(), new):
+            out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
+                                       if len(rows[module]) else out["logits"])
+            out[f"soft_{module}"] = soft
+            out[f"weight_{module}"] = blend_weight(target, sel)
+            out[f"blend_{module}"] = sel
 
     # ---- loss and state ----------------------------------------------------------------------
     def loss(self, outputs, batch, epoch):
