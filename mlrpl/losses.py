@@ -10,7 +10,8 @@ loss                             shapes                      used by
 ===============================  ==========================  =====================================
 :func:`partial_bce`              (B, C), (B, C) -> ()        every method (SPEC §1)
 :func:`soft_partial_bce`         (B, C), (B, C), (B, C)      blending with soft targets (SPEC §5)
-:func:`asymmetric_loss`          (B, C), (B, C) -> ()        CLSL, CFT (SPEC §8)
+:func:`asymmetric_loss`          (B, C), (B, C) -> ()        CLSL (known labels, SPEC §8)
+:func:`soft_asymmetric_loss`     (B, C), (B, C) -> ()        CLSL (recovered soft targets)
 :func:`cooccurrence_focal`       (...), (...) -> (...)       SST/HST co-occurrence head (SPEC §3)
 :func:`instance_contrastive`     (B, C, D), (B, C) -> ()     SST/HST cross-image term (SPEC §1)
 :func:`ranking_loss`             (B, C), (B, C) -> ()        SATL, the ``ranking`` plug-in (§11.11)
@@ -71,14 +72,70 @@ def soft_partial_bce(logits: torch.Tensor, soft_targets: torch.Tensor,
     return (loss * w).sum() / w.sum().clamp(min=1)
 
 
+def asymmetric_loss_elements(logits: torch.Tensor, t: torch.Tensor, gamma_pos: float = 0.0,
+                             gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
+                             focal: str = "parts", detach_focal: bool = False) -> torch.Tensor:
+    """Element-wise asymmetric loss (ASL, Ridnik et al. 2021) against targets t in [0, 1].
+
+    With p = σ(s), the shifted probability p_m = max(p − clip, 0) and the cross-entropy parts
+    L⁺ = −log max(p, eps), L⁻ = −log max(1 − p_m, eps):
+
+    - ``focal="parts"``: t · (1 − p)^γ⁺ · L⁺ + (1 − t) · p_m^γ⁻ · L⁻ (each part its own weight);
+    - ``focal="joint"``: (t · L⁺ + (1 − t) · L⁻) · (1 − p_t)^(γ⁺ t + γ⁻ (1 − t)) with
+      p_t = t · p + (1 − t) · (1 − p_m): the ASL authors' ``AsymmetricLossOptimized``, which CLSL's
+      released code uses, soft targets included (SPEC §8).
+
+    The two forms are equal for hard targets (t ∈ {0, 1}). ``detach_focal``: the focal weights
+    carry no gradient (the authors' ``disable_torch_grad_focal_loss``).
+
+    >>> asymmetric_loss_elements(torch.tensor([0.0]), torch.tensor([1.0]))  # -log 0.5
+    tensor([0.6931])
+    """
+    logits = logits.float()
+    t = t.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    p_m = (p - clip).clamp(min=0) if clip and clip > 0 else p
+    loss_pos = -torch.log(p.clamp(min=eps))
+    loss_neg = -torch.log((1 - p_m).clamp(min=eps))
+    if focal == "joint":
+        loss = t * loss_pos + (1 - t) * loss_neg
+        if gamma_pos or gamma_neg:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focal):
+                p_t = t * p + (1 - t) * (1 - p_m)
+                w = (1 - p_t).pow(gamma_pos * t + gamma_neg * (1 - t))
+            loss = loss * w
+        return loss
+    if focal != "parts":
+        raise ValueError(f"unknown focal form {focal!r}; expected 'parts' or 'joint'")
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focal):
+        w_pos = (1 - p).pow(gamma_pos) if gamma_pos else None
+        w_neg = p_m.pow(gamma_neg) if gamma_neg else None
+    if w_pos is not None:
+        loss_pos = loss_pos * w_pos
+    if w_neg is not None:
+        loss_neg = loss_neg * w_neg
+    return t * loss_pos + (1 - t) * loss_neg
+
+
+def _reduce(loss: torch.Tensor, weight: torch.Tensor, reduction: str) -> torch.Tensor:
+    loss = loss * weight
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / weight.sum().clamp(min=1)
+    raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'sum'")
+
+
 def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0,
                     gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
-                    reduction: str = "mean") -> torch.Tensor:
+                    reduction: str = "mean", focal: str = "parts",
+                    detach_focal: bool = False) -> torch.Tensor:
     """Asymmetric loss (ASL, Ridnik et al. 2021) on the known entries of partial labels.
 
     With p = σ(s) and the shifted probability p_m = max(p − clip, 0):
     a positive costs −(1 − p)^γ⁺ log p, a negative −p_m^γ⁻ log(1 − p_m); unknown entries cost 0.
-    Soft positive targets t in (0, 1] weigh the two parts as t and 1 − t (label recovery).
+    Soft positive targets t in (0, 1] weigh the two parts as t and 1 − t
+    (:func:`asymmetric_loss_elements` gives the element-wise terms and the focal forms).
 
     Parameters
     ----------
@@ -86,27 +143,39 @@ def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: floa
     targets : (B, C) +1 / -1 / 0 (unknown), or soft positives in (0, 1]
     reduction : ``mean`` (over known entries, the library's convention) or ``sum`` (the ASL
         authors' code, which CLSL's released recipe scales by 1000)
+    focal, detach_focal : see :func:`asymmetric_loss_elements`
 
     >>> asymmetric_loss(torch.tensor([[0.0]]), torch.tensor([[1]]), gamma_pos=0.0)  # -log 0.5
     tensor(0.6931)
     """
     logits = logits.float()
     t = targets.to(logits.dtype)
-    known = t != 0
-    pos = t.clamp(min=0)
-    neg = (t < 0).to(logits.dtype) + (1 - pos) * (t > 0).to(logits.dtype)
-    p = torch.sigmoid(logits)
-    p_m = (p - clip).clamp(min=0) if clip and clip > 0 else p
-    loss_pos = -torch.log(p.clamp(min=eps))
-    loss_neg = -torch.log((1 - p_m).clamp(min=eps))
-    if gamma_pos:
-        loss_pos = loss_pos * (1 - p).pow(gamma_pos)
-    if gamma_neg:
-        loss_neg = loss_neg * p_m.pow(gamma_neg)
-    loss = (pos * loss_pos + neg * loss_neg) * known
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / known.sum().clamp(min=1)
+    known = (t != 0).to(logits.dtype)
+    loss = asymmetric_loss_elements(logits, t.clamp(min=0), gamma_pos, gamma_neg, clip, eps,
+                                    focal, detach_focal)
+    return _reduce(loss, known, reduction)
+
+
+def soft_asymmetric_loss(logits: torch.Tensor, soft_targets: torch.Tensor,
+                         weight: torch.Tensor | None = None, gamma_pos: float = 0.0,
+                         gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
+                         reduction: str = "mean", focal: str = "parts",
+                         detach_focal: bool = False) -> torch.Tensor:
+    """ASL against soft targets in [0, 1] on the entries ``weight`` selects (every entry when
+    None): a target of 0 is a negative here, not an unknown (CLSL's recovered labels, SPEC §8).
+
+    ``reduction="mean"`` divides by ``sum(weight)`` (B·C when every entry counts), ``sum`` does
+    not divide.
+
+    >>> soft_asymmetric_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]),
+    ...                      gamma_neg=0.0, clip=0.0)                        # ln 2 twice, mean
+    tensor(0.6931)
+    """
+    logits = logits.float()
+    w = torch.ones_like(logits) if weight is None else weight.to(logits.dtype)
+    loss = asymmetric_loss_elements(logits, soft_targets, gamma_pos, gamma_neg, clip, eps, focal,
+                                    detach_focal)
+    return _reduce(loss, w, reduction)
 
 
 def cooccurrence_focal(logits: torch.Tensor, target: torch.Tensor, gamma_pos: float = 1.0,

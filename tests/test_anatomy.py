@@ -18,7 +18,7 @@ from tests.conftest import REPO
 from tests.test_engine import tiny
 from tests.test_transfer import batch_of
 
-BUILT_IN = ["dsrb", "hst", "pbce", "sarb", "satl", "ssgrl", "sst"]
+BUILT_IN = ["clsl", "dsrb", "hst", "pbce", "sarb", "satl", "ssgrl", "sst"]
 
 
 def context(num_classes=4, channels=6):
@@ -60,7 +60,10 @@ VARIANTS = [("pbce", {}), ("ssgrl", SMALL),
             ("satl", {**SMALL, "start_epoch": 0, "satl": {"min_positives": 1}}),
             ("sarb", {**SMALL, "start_epoch": 0}),
             ("sarb", {**SMALL, "start_epoch": 0, "reference_quirks": True}),
-            ("dsrb", {**SMALL, "start_epoch": 0})]
+            ("dsrb", {**SMALL, "start_epoch": 0}),
+            ("clsl", {"dim": 8, "heads": 2, "ffn_dim": 8, "attention_dim": 4, "hidden_dim": 8}),
+            ("clsl", {"dim": 8, "heads": 2, "ffn_dim": 8, "attention_dim": 4, "hidden_dim": 8,
+                      "reference_quirks": True})]
 
 
 # BatchNorm's running statistics move in every training-mode forward by PyTorch's design; they
