@@ -49,6 +49,9 @@ class ModelConfig:
     pretrained: Any = True           # true | false | path to a weight file
     freeze: str = "all"              # none | hcp | all
     cache_features: bool = True      # only with freeze=all: compute feature maps once
+    # only with freeze=hcp: compute the frozen layers' output once and train the last stage on
+    # it (no image augmentation: the cached-maps regime with a backbone stage that learns)
+    cache_prefix: bool = False
     cache_dir: str = "${oc.env:MLRPL_CACHE,.cache/mlrpl}"
 
 
@@ -159,7 +162,7 @@ def _merge(schema, *parts, origin=""):
         raise ConfigError(f"configuration error{origin}: {e}") from None
 
 
-def _load_yaml_chain(p: Path, seen=()) -> list:
+def load_yaml_chain(p: Path, seen=()) -> list:
     """A YAML config and, first, the files its ``base:`` key names (relative to it)."""
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
@@ -172,7 +175,7 @@ def _load_yaml_chain(p: Path, seen=()) -> list:
     bases = node.pop("base", None) if isinstance(node, DictConfig) else None
     chain = []
     for b in ([bases] if isinstance(bases, str) else list(bases or [])):
-        chain += _load_yaml_chain((p.parent / b), seen + (p.resolve(),))
+        chain += load_yaml_chain((p.parent / b), seen + (p.resolve(),))
     return chain + [node]
 
 
@@ -185,7 +188,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     if base is not None:
         parts.append(OmegaConf.create(base))
     if path is not None:
-        parts += _load_yaml_chain(Path(path))
+        parts += load_yaml_chain(Path(path))
     try:
         parts.append(OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:
@@ -216,6 +219,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         if v not in allowed:
             raise ConfigError(f"bad value for '{key}': {v!r}; expected one of {list(allowed)}")
     _check_ranges(cfg)
+    if cfg.model.cache_prefix and cfg.model.freeze != "hcp":
+        raise ConfigError(f"model.cache_prefix=true needs model.freeze=hcp (the frozen layers "
+                          f"before a last stage that trains), got model.freeze="
+                          f"{cfg.model.freeze!r}")
     from mlrpl.plugins import check_plugins
     cfg.plugins = check_plugins(cfg.plugins)
     return cfg

@@ -71,10 +71,11 @@ def _base_dict(spec: SweepSpec) -> dict:
     if spec.base_config is None:
         return {}
     from omegaconf import OmegaConf
-    try:
-        return OmegaConf.to_container(OmegaConf.load(spec.base_config), resolve=False) or {}
-    except Exception as e:  # yaml errors of all kinds
-        raise ConfigError(f"{spec.base_config}: not a valid YAML config ({e})") from None
+
+    from mlrpl.config import load_yaml_chain
+    # the base file with the files its own ``base:`` key names merged in, as ``mlrpl train``
+    chain = load_yaml_chain(Path(spec.base_config))
+    return OmegaConf.to_container(OmegaConf.merge(*chain), resolve=False) or {}
 
 
 def run_config(spec: SweepSpec, run: RunSpec, base: dict | None = None, extra=()):

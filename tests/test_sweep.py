@@ -297,6 +297,19 @@ def test_shipped_sweep_configs_resolve():
     assert "configs/sweeps/*.yaml" in (REPO / "pyproject.toml").read_text()
 
 
+def test_a_sweep_base_that_starts_from_another_file():
+    """The fine-tuning sweep's base preset has a ``base:`` of its own: its keys and its
+    parent's both reach every run (as with ``mlrpl train --config``)."""
+    from mlrpl.sweep import load_sweep, run_config
+    spec = load_sweep(REPO / "configs" / "sweeps" / "voc2007-2k_finetune_cpu.yaml")
+    pbce, _, ssgrl = (run_config(spec, r) for r in spec.runs()[:3])
+    assert pbce.model.freeze == "hcp" and pbce.model.cache_prefix     # the base file
+    assert pbce.data.dataset == "voc2007" and pbce.data.holdout == 0.2  # its parent
+    assert pbce.optim.backbone_lr_mult == 0.01 and pbce.train.epochs == 12
+    assert ssgrl.method.name == "ssgrl" and ssgrl.optim.backbone_lr_mult == 0.1
+    assert ssgrl.method.trunk.dim == 256 and ssgrl.optim.lr == 0.001
+
+
 def test_published_table_is_data_with_a_source():
     from mlrpl.reports.published import PUBLISHED, SOURCE, TITLE, published_markdown
     assert PUBLISHED["SST"]["MS-COCO"] == {"mAP": 76.7, "OF1": 75.8, "CF1": 71.2}

@@ -24,9 +24,11 @@ from mlrpl.progress import progress
 
 
 def state_digest(module: torch.nn.Module) -> str:
-    """sha256 over the module's parameters and buffers (names, shapes, values)."""
+    """sha256 over the module's parameters and buffers (names, shapes, values), or over the
+    tensors its ``cache_state()`` names when it has one."""
+    state = module.cache_state() if hasattr(module, "cache_state") else module.state_dict()
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())

@@ -116,9 +116,12 @@ class ImageDataset(Dataset):
 
 
 class FeatureDataset(Dataset):
-    """Cached backbone feature maps (fp16 on disk, fp32 out)."""
+    """Cached backbone feature maps (fp16 on disk, fp32 out), under the batch key ``features``
+    (the backbone's output) or ``prefix`` (the frozen layers' output, ``model.cache_prefix``)."""
 
-    def __init__(self, features: np.ndarray, full: np.ndarray, partial: np.ndarray | None = None):
+    def __init__(self, features: np.ndarray, full: np.ndarray, partial: np.ndarray | None = None,
+                 key: str = "features"):
+        self.key = key
         if len(features) != len(full):
             raise DataError(f"feature cache holds {len(features)} items but the split has "
                             f"{len(full)}; delete the cache entry to rebuild it")
@@ -130,5 +133,5 @@ class FeatureDataset(Dataset):
         return len(self.full)
 
     def __getitem__(self, i):
-        return {"features": torch.from_numpy(np.asarray(self.features[i], dtype=np.float32)),
+        return {self.key: torch.from_numpy(np.asarray(self.features[i], dtype=np.float32)),
                 "target": self.target[i], "full": self.full[i], "index": i}

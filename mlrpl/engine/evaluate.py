@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from mlrpl import dist
 from mlrpl.engine.checkpoint import load_checkpoint
-from mlrpl.engine.experiment import (build_backbone, class_difference, data_root, load_splits,
-                                     make_dataset, open_checkpoint)
+from mlrpl.engine.experiment import (build_backbone, cache_source, class_difference, data_root,
+                                     load_splits, make_dataset, open_checkpoint)
 from mlrpl.engine.runtime import amp_dtype, select_device
 from mlrpl.errors import DataError, MlrplError
 from mlrpl.metrics import compute_metrics
@@ -188,16 +188,19 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
 def build_cache(cfg) -> list[str]:
     """Compute the feature cache of the train and evaluation splits of `cfg`."""
     from mlrpl.data.cache import cached_features
-    if cfg.model.freeze != "all":
-        raise MlrplError("the feature cache needs a frozen backbone (model.freeze=all)")
     device = select_device(cfg.train.device)
     backbone = build_backbone(cfg).to(device)
+    cached = cache_source(cfg, backbone)
+    if cached is None:
+        raise MlrplError("the feature cache needs a frozen backbone (model.freeze=all), or "
+                         "model.freeze=hcp with model.cache_prefix=true")
+    source, source_name, _ = cached
     lines = []
     for name, ls in zip(("train", "eval"), load_splits(cfg)):
         feats, valid, entry = cached_features(
-            [str(p) for p in ls.paths()], backbone,
+            [str(p) for p in ls.paths()], source,
             backbone.transform(False, cfg.data.image_size), cfg.model.cache_dir,
-            backbone_name=cfg.model.backbone, batch_size=cfg.train.eval_batch_size, device=device,
+            backbone_name=source_name, batch_size=cfg.train.eval_batch_size, device=device,
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image,
             amp_dtype=amp_dtype(cfg.train.amp))
         lines.append(f"{name}: {feats.shape[0]} items, maps {tuple(feats.shape[1:])} fp16, "

@@ -34,6 +34,8 @@ class MLRModel(nn.Module):
     def features(self, batch: dict) -> torch.Tensor:
         if "features" in batch:
             return batch["features"]
+        if "prefix" in batch:   # model.cache_prefix: the frozen layers' cached output
+            return self.backbone.forward_last_stage(batch["prefix"])
         return self.backbone(batch["image"])
 
     def forward(self, batch: dict) -> dict:
@@ -224,6 +226,19 @@ def build_method(cfg, classes, feature_channels, partial=None, with_data=True,
     return method
 
 
+def cache_source(cfg, backbone):
+    """What the feature cache holds for `cfg`: (module to run, name in the cache key, batch key),
+    or None when the dataset reads images. ``freeze: all`` with ``cache_features``: the
+    backbone's maps (``features``); ``freeze: hcp`` with ``cache_prefix``: the output of the
+    frozen layers (``prefix``), on which the last stage trains."""
+    if cfg.model.freeze == "all" and cfg.model.cache_features:
+        return backbone, cfg.model.backbone, "features"
+    if cfg.model.freeze == "hcp" and cfg.model.cache_prefix:
+        from mlrpl.models.backbones import FrozenPart
+        return FrozenPart(backbone), f"{cfg.model.backbone}:frozen-before-last-stage", "prefix"
+    return None
+
+
 def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
                  show_progress=None):
     """The dataset of one split: cached feature maps when the backbone is frozen and caching is
@@ -231,7 +246,8 @@ def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
     lists the items left after skipping unreadable images (None when none was skipped)."""
     from mlrpl.data.dataset import FeatureDataset, ImageDataset, check_images_exist, scan_images
     size = cfg.data.image_size
-    if not (cfg.model.freeze == "all" and cfg.model.cache_features):
+    cached = cache_source(cfg, backbone)
+    if cached is None:
         tf = backbone.transform(train, size)
         paths = [str(p) for p in ls.paths()]
         if cfg.data.on_bad_image != "skip":
@@ -247,22 +263,23 @@ def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
     from mlrpl.data.cache import cached_features
     from mlrpl.engine.runtime import amp_dtype
     paths = [str(p) for p in ls.paths()]
-    kw = dict(backbone_name=cfg.model.backbone, batch_size=cfg.train.eval_batch_size,
+    source, name, key = cached
+    kw = dict(backbone_name=name, batch_size=cfg.train.eval_batch_size,
               device=device, num_workers=cfg.data.num_workers,
               on_bad_image=cfg.data.on_bad_image, amp_dtype=amp_dtype(cfg.train.amp),
               show_progress=show_progress)
     tf = backbone.transform(False, size)
     # One process computes the entry; the others read it once it is complete.
     if dist.is_main():
-        feats, valid, _ = cached_features(paths, backbone, tf, cfg.model.cache_dir, **kw)
+        feats, valid, _ = cached_features(paths, source, tf, cfg.model.cache_dir, **kw)
     dist.barrier()
     if not dist.is_main():
-        feats, valid, _ = cached_features(paths, backbone, tf, cfg.model.cache_dir, **kw)
+        feats, valid, _ = cached_features(paths, source, tf, cfg.model.cache_dir, **kw)
     if valid.all():
-        return FeatureDataset(feats, ls.labels, partial), None
+        return FeatureDataset(feats, ls.labels, partial, key=key), None
     kept = _report_skipped(paths, valid)
     return FeatureDataset(feats[kept], ls.labels[kept],
-                          None if partial is None else partial[kept]), kept
+                          None if partial is None else partial[kept], key=key), kept
 
 
 def _report_skipped(paths, valid) -> np.ndarray:

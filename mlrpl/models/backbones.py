@@ -129,6 +129,18 @@ class Backbone(nn.Module):
                               f"'hcp' cannot be applied (use 'none' or 'all')")
         return list(st.values())[-1]
 
+    # -- the frozen part and the last stage (freeze: hcp) --------------------------------------
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the input of the last stage (what ``hcp`` leaves frozen). With
+        ``forward_last_stage``, ``forward(x) == forward_last_stage(forward_frozen(x))``."""
+        raise ConfigError(f"backbone {self.name!r} cannot be split before its last stage; "
+                          f"model.cache_prefix needs efficientnet_lite0 or a torchvision ResNet")
+
+    def forward_last_stage(self, h: torch.Tensor) -> torch.Tensor:
+        """The output of ``forward_frozen`` -> the backbone's maps (the stage ``hcp`` trains)."""
+        raise ConfigError(f"backbone {self.name!r} cannot be split before its last stage; "
+                          f"model.cache_prefix needs efficientnet_lite0 or a torchvision ResNet")
+
     # -- freezing -------------------------------------------------------------------------------
     @property
     def is_frozen(self) -> bool:
@@ -351,6 +363,26 @@ def load_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+class FrozenPart(nn.Module):
+    """A backbone's layers before its last stage, as a module: what ``model.cache_prefix``
+    computes once (with ``freeze: hcp`` they neither train nor change their BatchNorm
+    statistics, so their output on an un-augmented image never changes)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_frozen(x)
+
+    def cache_state(self) -> dict:
+        """The tensors the output depends on (the cache key's digest): the last stage's
+        weights, which train, are left out, so a resumed run finds its cache."""
+        keep = self.backbone.last_stage()
+        return {k: v for k, v in self.backbone.state_dict().items()
+                if not any(k.startswith(p + ".") for p in keep)}
+
+
 # ---- torchvision ResNets ----------------------------------------------------------------------
 class TorchvisionResNet(Backbone):
     """A torchvision ResNet up to layer4. Parameter names are torchvision's (``conv1.weight``,
@@ -381,8 +413,14 @@ class TorchvisionResNet(Backbone):
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_last_stage(self.forward_frozen(x))
+
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward_last_stage(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer4(h)
 
     def stages(self) -> dict[str, list[str]]:
         return {"stem": ["conv1", "bn1", "relu", "maxpool"], "layer1": ["layer1"],
@@ -489,12 +527,22 @@ class EfficientNetLite0(Backbone):
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._swish(self._bn0(self._conv_stem(x)))
+        return self.forward_last_stage(self.forward_frozen(x))
+
+    def _run_blocks(self, x: torch.Tensor, indices) -> torch.Tensor:
         n = len(self._blocks)
-        for i, block in enumerate(self._blocks):
+        for i in indices:
             rate = self.drop_connect_rate * i / n if self.drop_connect_rate else None
-            x = block(x, drop_connect_rate=rate)
-        return self._swish(self._bn1(self._conv_head(x)))
+            x = self._blocks[i](x, drop_connect_rate=rate)
+        return x
+
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        return self._run_blocks(x, range(self._groups[-1][0]))
+
+    def forward_last_stage(self, h: torch.Tensor) -> torch.Tensor:
+        h = self._run_blocks(h, self._groups[-1])
+        return self._swish(self._bn1(self._conv_head(h)))
 
     def stages(self) -> dict[str, list[str]]:
         st = {"stem": ["_conv_stem", "_bn0"]}

@@ -91,7 +91,7 @@ class LogicMix(Plugin):
     def transform_batch(self, batch, epoch):
         if epoch < int(self.cfg.start_epoch) or float(self.cfg.prob) <= 0:
             return batch
-        key = "features" if "features" in batch else "image"
+        key = next(k for k in ("features", "prefix", "image") if k in batch)
         x = batch[key]
         idx, valid = mix_indices(x.shape[0], float(self.cfg.prob), int(self.cfg.min_k),
                                  int(self.cfg.max_k))
