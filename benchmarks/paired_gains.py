@@ -15,7 +15,16 @@ from pathlib import Path
 RUN = re.compile(r"^(?P<label>.+)_p(?P<p>[0-9.]+)_s(?P<seed>\d+)$")
 
 
-def collect(sweep: Path, epochs: int = 30) -> dict:
+def planned_epochs(run_dir: Path) -> int | None:
+    """The epochs a run was configured for (its config.yaml), None when it cannot be read."""
+    import yaml
+    try:
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def collect(sweep: Path) -> dict:
     out = defaultdict(dict)      # (label, p) -> {seed: mAP}
     for d in sorted((sweep / "runs").iterdir()):
         m = RUN.match(d.name)
@@ -23,7 +32,7 @@ def collect(sweep: Path, epochs: int = 30) -> dict:
         if not m or not f.is_file():
             continue
         r = json.loads(f.read_text())
-        if r.get("epochs") != epochs:   # unfinished
+        if r.get("epochs") != planned_epochs(d):   # unfinished
             continue
         mAP = (r.get("last") or {}).get("mAP")
         if mAP is not None:
