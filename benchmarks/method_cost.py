@@ -39,7 +39,8 @@ import time
 import numpy as np
 import torch
 
-DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "satl", "hst_satl", "sst_dense_ist", "sarb", "dsrb"]
+DEFAULT_METHODS = ["pbce", "ssgrl", "sst", "hst", "satl", "hst_satl", "sst_dense_ist", "sarb", "dsrb",
+                   "sr", "clsl"]
 
 
 def _rss_mb() -> float:
