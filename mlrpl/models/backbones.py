@@ -133,13 +133,15 @@ class Backbone(nn.Module):
     def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> the input of the last stage (what ``hcp`` leaves frozen). With
         ``forward_last_stage``, ``forward(x) == forward_last_stage(forward_frozen(x))``."""
-        raise ConfigError(f"backbone {self.name!r} cannot be split before its last stage; "
-                          f"model.cache_prefix needs efficientnet_lite0 or a torchvision ResNet")
+        raise self._cannot_split()
 
     def forward_last_stage(self, h: torch.Tensor) -> torch.Tensor:
         """The output of ``forward_frozen`` -> the backbone's maps (the stage ``hcp`` trains)."""
-        raise ConfigError(f"backbone {self.name!r} cannot be split before its last stage; "
-                          f"model.cache_prefix needs efficientnet_lite0 or a torchvision ResNet")
+        raise self._cannot_split()
+
+    def _cannot_split(self) -> ConfigError:
+        return ConfigError(f"backbone {self.name!r} cannot be split before its last stage; "
+                           f"model.cache_prefix needs efficientnet_lite0 or a torchvision ResNet")
 
     # -- freezing -------------------------------------------------------------------------------
     @property

@@ -78,8 +78,9 @@ class RandAugmentPlugin(Plugin):
             return batch
         if "image" not in batch:
             raise MlrplError("the randaugment plug-in needs images, and this run reads cached "
-                             "feature maps (model.freeze=all with model.cache_features=true): "
-                             "set model.cache_features=false or leave the plug-in out")
+                             "maps (model.cache_features=true with model.freeze=all, or "
+                             "model.cache_prefix=true): turn the cache off or leave the plug-in "
+                             "out")
         x = batch["image"]
         mean, std = self._mean.to(x.device, x.dtype), self._std.to(x.device, x.dtype)
         u8 = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
