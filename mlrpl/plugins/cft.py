@@ -74,6 +74,10 @@ class CFT(Plugin):
 
     def __init__(self, cfg, ctx, model):
         super().__init__(cfg, ctx, model)
+        if getattr(model, "prior", None) is not None:
+            raise ConfigError("plugins: cft re-fits the final linear layer alone, and "
+                              "model.prior adds the class prior to its logits: use one of them "
+                              "(model.prior.name=none, or leave cft out)")
         self.register_buffer("kept", torch.zeros(ctx.num_classes, dtype=torch.bool))
         self.register_buffer("done", torch.zeros((), dtype=torch.bool))
         self.seed = int(ctx.seed)

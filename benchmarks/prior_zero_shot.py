@@ -1,0 +1,64 @@
+"""The ImageNet class prior alone (``model.prior: imagenet``, no training, no label of the set
+used): its mAP on a set's evaluation split, i.e. what a trained head adds on top of it (issue 15).
+
+    MLRPL_DATA=../shared/data python benchmarks/prior_zero_shot.py --set coco128
+    MLRPL_DATA=../shared/data python benchmarks/prior_zero_shot.py --set voc2007-2k --top-k 1 3 10
+
+Reads the set's pbce CPU preset (the cached EfficientNet-Lite0 maps of its evaluation split) and
+prints, per prior setting, the mAP of sigmoid(prior) with the library's metrics, and the classes
+whose closest ImageNet name is least similar.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", default="coco128", choices=["coco128", "voc2007-2k"])
+    ap.add_argument("--top-k", type=int, nargs="+", default=[10])
+    ap.add_argument("--temperature", type=float, nargs="+", default=[0.1])
+    args = ap.parse_args(argv)
+
+    from mlrpl.config import load_config
+    from mlrpl.engine.evaluate import score
+    from mlrpl.engine.experiment import build_backbone, load_splits, make_dataset
+    from mlrpl.models.prior import build_prior
+
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / "configs" / f"{args.set}_pbce_cpu.yaml", [])
+    _, val = load_splits(cfg)
+    backbone = build_backbone(cfg)
+    ds, kept = make_dataset(cfg, val, None, backbone, "cpu", train=False)
+    if kept is not None:
+        val = val.subset(kept)
+    feats = np.asarray(ds.features, dtype=np.float32)
+    pooled = torch.from_numpy(feats.reshape(len(feats), feats.shape[1], -1).mean(-1))
+    print(f"{args.set}: {len(val)} evaluation images x {val.num_classes} classes")
+    print("| top_k | temperature | mAP (prior alone) |")
+    print("|---:|---:|---:|")
+    prior = None
+    for k in args.top_k:
+        for t in args.temperature:
+            c = load_config(REPO / "configs" / f"{args.set}_pbce_cpu.yaml",
+                            ["model.prior.name=imagenet", f"model.prior.top_k={k}",
+                             f"model.prior.temperature={t}"])
+            prior = build_prior(c, backbone, list(val.classes))
+            with torch.no_grad():
+                s = torch.sigmoid(prior(pooled)).numpy()
+            m = score(s, val.labels, 0.5, val.classes)
+            print(f"| {k} | {t} | {m['mAP']:.2f} |")
+    far = sorted(prior.closest.items(), key=lambda kv: kv[1][1])[:8]
+    print("least covered classes (closest ImageNet name, cosine): "
+          + ", ".join(f"{c} ({n}, {s:.2f})" for c, (n, s) in far))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""A zero-shot class prior from the backbone's own ImageNet classifier (``model.prior``).
+
+The pretrained backbones come with a 1000-way ImageNet classifier that fine-tuning throws away.
+Mapped to the dataset's classes by the similarity of the class names (ConSE: Norouzi et al.,
+"Zero-Shot Learning by Convex Combination of Semantic Embeddings", ICLR 2014), it scores every
+class before a single label is seen, including the classes that have no known positive at all
+(most of COCO's at 10% known labels, whose heads otherwise learn from negatives only):
+
+    q(x)     = softmax(W_in · pool(F(x)) + b_in)                 ImageNet probabilities, (K,)
+    A[c, k]  = softmax_k(cos(e_c, e_k) / T) over the top_k most similar ImageNet names, else 0
+    m(x)     = A · q(x)                                            a probability per class
+    prior(x) = weight · logit(m(x))      (log(m + eps) - log(1 - m + eps); sigmoid(prior) = m)
+
+``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
+ImageNet category names. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
+the method's loss trains the head as a correction to the prior: with a zero head the model's
+probabilities are the prior's) and at inference; its tensors
+are buffers of the model, so checkpoints, bundles, ``predict`` and ``export`` carry it. The
+classifier itself never trains.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlrpl.errors import ConfigError
+
+EPS = 1e-8
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k category names in the classifier's index order (torchvision's list,
+    shipped with the package: no download)."""
+    from torchvision.models import ResNet50_Weights
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def mixing_matrix(class_emb: np.ndarray, source_emb: np.ndarray, top_k: int,
+                  temperature: float) -> torch.Tensor:
+    """(C, K): row c mixes the `top_k` source classes whose embeddings are most similar to class
+    c's, with weights softmax(similarity / temperature); every other entry is 0. Embeddings are
+    L2-normalised here, so the similarity is the cosine."""
+    a = torch.as_tensor(class_emb, dtype=torch.float32)
+    s = torch.as_tensor(source_emb, dtype=torch.float32)
+    sim = nn.functional.normalize(a, dim=1) @ nn.functional.normalize(s, dim=1).T
+    k = min(int(top_k), sim.shape[1])
+    top = sim.topk(k, dim=1)
+    return torch.zeros_like(sim).scatter(1, top.indices, torch.softmax(top.values / temperature, 1))
+
+
+class ClassifierPrior(nn.Module):
+    """features (B, F, H, W) or pooled (B, F) -> (B, C) weighted prior logits."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mix: torch.Tensor,
+                 scale: float = 1.0):
+        super().__init__()
+        if weight.shape[0] != bias.shape[0] or weight.shape[0] != mix.shape[1]:
+            raise ValueError(f"prior: classifier {tuple(weight.shape)} / {tuple(bias.shape)} and "
+                             f"mixing matrix {tuple(mix.shape)} do not fit")
+        self.register_buffer("weight", weight.float().clone())
+        self.register_buffer("bias", bias.float().clone())
+        self.register_buffer("mix", mix.float().clone())
+        self.scale = float(scale)
+        self.closest: dict | None = None   # set by build_prior: class -> (ImageNet name, cosine)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.float()
+        if x.dim() == 4:
+            x = x.mean(dim=(2, 3))
+        q = torch.softmax(nn.functional.linear(x, self.weight, self.bias), dim=1)
+        m = q @ self.mix.T
+        return self.scale * (torch.log(m + EPS) - torch.log1p(EPS - m))
+
+    def matches(self, class_names: list[str], source_names: list[str], n: int = 3) -> dict:
+        """Per class, its `n` heaviest source classes with their mixing weights."""
+        top = self.mix.topk(min(n, self.mix.shape[1]), dim=1)
+        return {c: [(source_names[int(i)], round(float(w), 3)) for w, i in zip(vs, ix)]
+                for c, vs, ix in zip(class_names, top.values, top.indices)}
+
+    def extra_repr(self) -> str:
+        return (f"classes={self.mix.shape[0]}, source={self.mix.shape[1]}, "
+                f"features={self.weight.shape[1]}, scale={self.scale}")
+
+
+def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
+    """The ``model.prior`` module for `classes` (None for ``none``). ``with_data=False`` (a model
+    rebuilt from a checkpoint) makes zero buffers of the right shapes for the checkpoint to fill,
+    so neither the classifier weights nor the sentence encoder are needed then."""
+    pc = cfg.model.prior
+    if pc.name == "none":
+        return None
+    c, f = len(classes), int(backbone.out_channels)
+    if not with_data:
+        return ClassifierPrior(torch.zeros(1000, f), torch.zeros(1000), torch.zeros(c, 1000),
+                               pc.weight)
+    head = getattr(backbone, "imagenet_head", None)
+    if head is None:
+        raise ConfigError(f"model.prior=imagenet needs the backbone's pretrained ImageNet "
+                          f"classifier, and {cfg.model.backbone!r} was built without one "
+                          f"(model.pretrained={cfg.model.pretrained!r}); use the backbone's "
+                          f"ImageNet weights (efficientnet_lite0, or a torchvision ResNet with "
+                          f"pretrained=true or a weight file holding fc.*), or "
+                          f"model.prior.name=none")
+    from mlrpl.data.embeddings import sentence_embeddings
+    source = imagenet_categories()
+    ec, es = sentence_embeddings(list(classes)), sentence_embeddings(source)
+    prior = ClassifierPrior(head[0], head[1], mixing_matrix(ec, es, pc.top_k, pc.temperature),
+                            pc.weight)
+    # Each class's closest ImageNet name (cosine similarity): what the run record reports.
+    sim = torch.as_tensor(ec) @ torch.as_tensor(es).T
+    best = sim.max(dim=1)
+    prior.closest = {c: (source[int(i)], round(float(v), 3))
+                     for c, v, i in zip(classes, best.values, best.indices)}
+    return prior

@@ -1,0 +1,130 @@
+"""model.prior: the backbone's ImageNet classifier mapped to the dataset's classes by name
+similarity (ConSE), added to the method's logits in training and everywhere the model predicts."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mlrpl.errors import ConfigError
+from mlrpl.models.prior import ClassifierPrior, imagenet_categories, mixing_matrix
+from tests.deploy_helpers import make_own_csv_data, train_own_model
+
+
+def test_mixing_matrix_hand_case():
+    # class 0 is closest to sources 0 then 1; class 1 to source 2 then 1
+    classes = np.array([[1.0, 0.0], [0.0, 1.0]])
+    sources = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [-1.0, 0.0]])
+    a = mixing_matrix(classes, sources, top_k=2, temperature=0.5)
+    c = 1 / np.sqrt(2)
+    w0 = np.exp(np.array([1.0, c]) / 0.5)
+    w0 /= w0.sum()
+    np.testing.assert_allclose(a[0].numpy(), [w0[0], w0[1], 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(a[1].numpy(), [0, w0[1], w0[0], 0], rtol=1e-6)
+    np.testing.assert_allclose(a.sum(1).numpy(), [1, 1], rtol=1e-6)
+    # top_k = 1: the single closest source, weight 1
+    np.testing.assert_array_equal(mixing_matrix(classes, sources, 1, 0.1).numpy(),
+                                  [[1, 0, 0, 0], [0, 0, 1, 0]])
+
+
+def test_prior_is_the_logit_of_the_mixed_imagenet_probability():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(5, 3, generator=g), torch.randn(5, generator=g)
+    mix = torch.softmax(torch.randn(2, 5, generator=g), 1)
+    prior = ClassifierPrior(w, b, mix, scale=1.0)
+    maps = torch.randn(4, 3, 2, 2, generator=g)
+    m = torch.softmax(maps.mean((2, 3)) @ w.T + b, 1) @ mix.T
+    out = prior(maps)
+    torch.testing.assert_close(torch.sigmoid(out), m, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prior(maps.mean((2, 3))), out)      # pooled input: the same
+    torch.testing.assert_close(ClassifierPrior(w, b, mix, scale=0.5)(maps), 0.5 * out)
+
+
+def test_the_model_adds_the_prior_to_the_logits_only():
+    from mlrpl.engine.experiment import MLRModel
+
+    class Head(torch.nn.Module):
+        def forward(self, f, batch=None):
+            return {"logits": f.mean((2, 3))[:, :2], "other": f.sum()}
+
+    g = torch.Generator().manual_seed(1)
+    prior = ClassifierPrior(torch.randn(5, 3, generator=g), torch.zeros(5),
+                            torch.softmax(torch.randn(2, 5, generator=g), 1))
+    model = MLRModel(torch.nn.Identity(), Head(), prior)
+    f = torch.randn(3, 3, 2, 2, generator=g)
+    plain, fused = Head()(f), model({"features": f})
+    torch.testing.assert_close(fused["logits"], plain["logits"] + prior(f))
+    torch.testing.assert_close(fused["other"], plain["other"])
+
+
+def test_the_imagenet_classifier_is_kept_from_the_weight_file():
+    from mlrpl.models.backbones import create_backbone
+    bb = create_backbone("efficientnet_lite0", pretrained=True)
+    w, b = bb.imagenet_head
+    assert tuple(w.shape) == (1000, 1280) and tuple(b.shape) == (1000,)
+    assert not any("_fc" in k for k in bb.state_dict())   # the backbone's own state is unchanged
+    assert len(imagenet_categories()) == 1000
+    assert create_backbone("efficientnet_lite0", pretrained=False).imagenet_head is None
+
+
+def test_a_backbone_without_its_classifier_is_a_clear_error():
+    from mlrpl.config import load_config
+    from mlrpl.models.backbones import create_backbone
+    from mlrpl.models.prior import build_prior
+    cfg = load_config(None, ["model.prior.name=imagenet", "model.pretrained=false"])
+    with pytest.raises(ConfigError, match="model.prior=imagenet needs the backbone's pretrained"):
+        build_prior(cfg, create_backbone("efficientnet_lite0", pretrained=False), ["cat"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.prior.name=clip", "model.prior.name"),
+    ("model.prior.top_k=0", "model.prior.top_k"),
+    ("model.prior.temperature=0", "model.prior.temperature"),
+    ("model.prior.weight=-1", "model.prior.weight"),
+])
+def test_bad_prior_settings(override, needle):
+    from mlrpl.config import load_config
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = make_own_csv_data(tmp_path_factory.mktemp("prior"))
+    return data, train_own_model(data, data / "run", "model.prior.name=imagenet")
+
+
+def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
+    import mlrpl
+    from mlrpl.engine.checkpoint import load_checkpoint
+    data, ckpt = trained
+    record = json.loads((ckpt.parent / "run.json").read_text())
+    assert record["prior"]["source"] == "imagenet"
+    assert list(record["prior"]["closest"]) == list(load_checkpoint(ckpt)["classes"])
+    state = load_checkpoint(ckpt)["model"]
+    assert state["prior.mix"].shape == (4, 1000) and state["prior.weight"].shape == (1000, 1280)
+    # reopened offline (zero buffers filled from the checkpoint), the prior is the trained one
+    model = mlrpl.load(ckpt)
+    torch.testing.assert_close(model.model.prior.mix, state["prior.mix"])
+    # predict scores the fused logits: the backbone, the method's head and the prior
+    from PIL import Image
+    paths = [str(data / line.split(",")[0])
+             for line in (data / "val.csv").read_text().splitlines()[1:7]]
+    p_pred = model.predict_proba(paths)
+    with torch.no_grad():
+        f = model.model.backbone(torch.stack([model.transform(Image.open(p).convert("RGB"))
+                                              for p in paths]))
+        fused = torch.sigmoid(model.model.head(f)["logits"]).numpy()
+        plain = torch.sigmoid(model.model.method(f, None)["logits"]).numpy()
+    np.testing.assert_allclose(p_pred, fused, atol=1e-5)
+    assert not np.allclose(p_pred, plain, atol=1e-3)   # the prior is part of the prediction
+    # the run's own evaluation scored the same model
+    metrics = json.loads((ckpt.parent / "metrics.json").read_text())
+    assert np.isfinite(metrics["best"]["mAP"])
+
+
+def test_cft_refuses_the_prior(trained):
+    from mlrpl.cli import main
+    data, ckpt = trained
+    assert main(["cft", "--checkpoint", str(ckpt), "--out", str(data / "cft.pt")]) != 0
+    assert not (data / "cft.pt").exists()
