@@ -128,3 +128,15 @@ def test_cft_refuses_the_prior(trained):
     data, ckpt = trained
     assert main(["cft", "--checkpoint", str(ckpt), "--out", str(data / "cft.pt")]) != 0
     assert not (data / "cft.pt").exists()
+
+
+def test_the_exported_model_carries_the_prior(trained, tmp_path):
+    import mlrpl
+    from mlrpl.cli import main
+    from tests.test_predict_export import ort_probabilities
+    data, ckpt = trained
+    exp = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(exp)]) == 0
+    paths = [data / line.split(",")[0] for line in (data / "val.csv").read_text().splitlines()[1:5]]
+    np.testing.assert_allclose(ort_probabilities(exp, paths),
+                               mlrpl.load(ckpt).predict_proba([str(p) for p in paths]), atol=1e-4)
