@@ -50,7 +50,7 @@ class PriorConfig:
     name: str = "none"
     top_k: int = 10                  # ImageNet classes mixed into each class
     temperature: float = 0.1         # softmax temperature over their name similarities
-    weight: float = 1.0              # scale of the prior's log-probability in the logits
+    weight: float = 1.0              # scale of the prior's logit added to the method's logits
 
 
 @dataclass

@@ -36,14 +36,17 @@ def imagenet_categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def name_similarity(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    """(len(a), len(b)) cosine similarities between two sets of name embeddings."""
+    a = nn.functional.normalize(torch.as_tensor(a, dtype=torch.float32), dim=1)
+    return a @ nn.functional.normalize(torch.as_tensor(b, dtype=torch.float32), dim=1).T
+
+
 def mixing_matrix(class_emb: np.ndarray, source_emb: np.ndarray, top_k: int,
                   temperature: float) -> torch.Tensor:
     """(C, K): row c mixes the `top_k` source classes whose embeddings are most similar to class
-    c's, with weights softmax(similarity / temperature); every other entry is 0. Embeddings are
-    L2-normalised here, so the similarity is the cosine."""
-    a = torch.as_tensor(class_emb, dtype=torch.float32)
-    s = torch.as_tensor(source_emb, dtype=torch.float32)
-    sim = nn.functional.normalize(a, dim=1) @ nn.functional.normalize(s, dim=1).T
+    c's (cosine), with weights softmax(similarity / temperature); every other entry is 0."""
+    sim = name_similarity(class_emb, source_emb)
     k = min(int(top_k), sim.shape[1])
     top = sim.topk(k, dim=1)
     return torch.zeros_like(sim).scatter(1, top.indices, torch.softmax(top.values / temperature, 1))
@@ -108,8 +111,7 @@ def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
     prior = ClassifierPrior(head[0], head[1], mixing_matrix(ec, es, pc.top_k, pc.temperature),
                             pc.weight)
     # Each class's closest ImageNet name (cosine similarity): what the run record reports.
-    sim = torch.as_tensor(ec) @ torch.as_tensor(es).T
-    best = sim.max(dim=1)
+    best = name_similarity(ec, es).max(dim=1)
     prior.closest = {c: (source[int(i)], round(float(v), 3))
                      for c, v, i in zip(classes, best.values, best.indices)}
     return prior
