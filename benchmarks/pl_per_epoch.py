@@ -37,7 +37,7 @@ def collect(sweep_dir: Path, methods=None):
         for src in pl_sources(rows[0] if rows else {}):
             for r in rows:
                 n = r.get(f"pl_{src}_n", 0)
-                out[float(info["p"])][(info["method"], src)][int(r["epoch"]) + 1].append(
+                out[float(info["p"])][(info["method"], src)][int(r["epoch"])].append(
                     (r.get(f"pl_{src}_precision", math.nan), r.get(f"pl_{src}_recall", math.nan), n))
     return out
 

@@ -18,7 +18,8 @@ from mlrpl.predict import Predictor
 __all__ = ["Predictor", "evaluate", "load", "train"]
 
 
-def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None) -> Predictor:
+def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None,
+         warn=None) -> Predictor:
     """Open a checkpoint or bundle for prediction, offline.
 
     Parameters
@@ -26,7 +27,11 @@ def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None) ->
     path : a checkpoint (``best.pt``, ``last.pt``) or a bundle (``mlrpl model bundle``).
     thresholds : ``"auto"`` (tuned thresholds saved beside the checkpoint, else the method's
         learned ones, else 0.5), ``"model"``, ``"tuned"``, ``"learned"``, a number, or a file.
+        Tuned thresholds record the model they were tuned for: found beside the checkpoint but
+        tuned for another model, they are not used; a file given for another model is used;
+        either way with a warning.
     backbone_weights : the frozen backbone's weight file when the checkpoint only references it.
+    warn : called with each one-line warning (default: a Python ``DeployWarning``).
 
     Returns
     -------
@@ -34,6 +39,13 @@ def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None) ->
         ``.classes`` (C names), ``.thresholds`` (C,), ``.predict(inputs)`` (one dict per image:
         ``labels``, the names that pass their threshold, highest first, and ``probabilities``,
         every class's probability), ``.predict_proba(inputs)`` (an (N, C) array).
+
+    Inputs of ``predict`` and ``predict_proba``: image file paths, PIL images, numpy uint8
+    arrays (H, W, 3) RGB (as ``numpy.asarray(PIL image)`` gives them), uint8 tensors (3, H, W)
+    (as ``torchvision.io.read_image`` gives them), all preprocessed exactly as an image file is
+    (the same probabilities), or float tensors (3, S, S) already preprocessed (finite, S the
+    model's input size); batches with one more leading axis, or a list of any of these. Anything
+    else is an error naming the shape and type expected (``mlrpl.predict.INPUTS_DOC``).
 
     Example
     -------
@@ -46,7 +58,7 @@ def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None) ->
     >>> model.predict_proba(image).shape
     (1, 4)
     """
-    return Predictor.from_checkpoint(path, device, thresholds, backbone_weights)
+    return Predictor.from_checkpoint(path, device, thresholds, backbone_weights, warn=warn)
 
 
 def train(config=None, overrides=(), resume: bool = False, **options) -> Path:

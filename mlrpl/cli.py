@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def cmd_simulate(args) -> int:
         partial = simulate(ls.labels, args.protocol, p=args.known, seed=args.seed, n=args.n)
         record = provenance(partial, ls.labels, ls.classes, args.protocol, p=args.known,
                             seed=args.seed, n=args.n, source=ls.source)
-    out, prov = write_outputs(partial, record, args.out, args.format, overwrite=args.force)
+    if "difficult" in ls.meta:  # VOC: what an entry present only as difficult became
+        record["voc_difficult"] = ls.meta["difficult"]
+    out, prov = write_outputs(partial, record, args.out, args.format, overwrite=args.force,
+                              keep_old=args.force)
     print(f"wrote {out} ({partial.shape[0]} x {partial.shape[1]}, "
           f"{record['known_entries']} of {partial.size} entries known, "
           f"{record['known_positives']} known positives, "
@@ -126,6 +130,11 @@ def cmd_data_inspect(args) -> int:
         return 0
     print(f"{ls.source}: {s['num_images']} images x {s['num_classes']} classes"
           + (f" (partial labels from {args.mask})" if args.mask else ""))
+    if ls.meta.get("encoding_rule"):
+        print(f"labels read as: {ls.meta['encoding_rule']}")
+    if "difficult" in ls.meta:
+        from mlrpl.data.readers.voc import difficult_rule
+        print(difficult_rule(ls.meta["difficult"], "--difficult "))
     w = max(len(c) for c in ls.classes + ["class"])
     print(f"{'class':<{w}}  {'positive':>8}  {'negative':>8}  {'unknown':>8}  evaluable")
     for c, v in s["per_class"].items():
@@ -150,22 +159,22 @@ def cmd_data_inspect(args) -> int:
 def cmd_data_convert(args) -> int:
     ls = _read_from_args(args)
     labels = _load_mask_for(ls, args)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise DataError("refusing to overwrite an existing file (pass --force)", path=out)
+    from mlrpl.files import atomic_write, check_output
+    out = check_output(args.out, args.force, "converted labels file")
     ls = ls.with_labels(labels)
     if out.suffix == ".csv":
+        import csv
         from mlrpl.data.encoding import from_internal
-        enc = args.to_encoding
-        values = from_internal(ls.labels, enc)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w") as fh:
-            fh.write("image," + ",".join(ls.classes) + "\n")
+        values = from_internal(ls.labels, args.to_encoding)
+
+        def write(fh):
+            w = csv.writer(fh)  # quoted where a name or path holds a comma or a quote
+            w.writerow(["image", *ls.classes])
             for item, row in zip(ls.items, values):
-                fh.write(item + "," + ",".join(str(int(v)) for v in row) + "\n")
-        tmp.replace(out)
+                w.writerow([item, *(int(v) for v in row)])
+        atomic_write(out, write, mode="w", keep_old=args.force, newline="")
     else:
-        out = ls.save(out, encoding=args.to_encoding)
+        out = ls.save(out, encoding=args.to_encoding, keep_old=args.force)
     print(f"wrote {out} ({ls.num_items} x {ls.num_classes}, encoding {args.to_encoding})")
     return 0
 
@@ -176,27 +185,95 @@ def _load_npy(path, what):
     if not path.is_file():
         raise DataError(f"{what} file not found", path=path)
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise DataError(f"not a readable .npy array ({e})", path=path) from None
+    if not isinstance(arr, np.ndarray):          # a .npz archive read where a .npy is expected
+        arr.close()
+        raise DataError(f"a .npz archive, not a .npy array; expected a .npy {what} file",
+                        path=path)
+    return arr
 
 
 def cmd_metrics(args) -> int:
     from mlrpl.data.encoding import infer_encoding, to_internal
-    from mlrpl.metrics import compute_metrics
-    scores = _load_npy(args.scores, "scores").astype(np.float64)
-    raw = _load_npy(args.labels, "labels")
-    enc = args.encoding or infer_encoding(raw, path=args.labels)
-    labels = to_internal(raw, enc, path=args.labels)
+    from mlrpl.metrics import compute_metrics, probabilities_to_logits, read_scores
+    sc = read_scores(args.scores)
+    scores, score_ids, score_classes = sc["scores"], sc["ids"], sc["classes"]
+    label_ids = label_classes = None
+    if Path(args.labels).suffix.lower() == ".npz":
+        from mlrpl.data.labelset import LabelSet
+        path = Path(args.labels)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"not a readable .npz file ({e})", path=path) from None
+        need = {"labels", "items", "classes", "encoding"}
+        if not need <= keys:
+            raise DataError(f"not a label file written by mlrpl data convert: it holds "
+                            f"{sorted(keys)}, expected {sorted(need)}"
+                            + (" (this is a scores file: give it as --scores)"
+                               if "scores" in keys else ""), path=path)
+        ls = LabelSet.load(path)
+        labels, label_ids, label_classes = ls.labels, list(ls.items), list(ls.classes)
+    else:
+        raw = _load_npy(args.labels, "labels")
+        enc = args.encoding or infer_encoding(raw, path=args.labels)
+        labels = to_internal(raw, enc, path=args.labels)
+    if score_classes is not None and label_classes is not None and score_classes != label_classes:
+        raise DataError(f"the scores' classes {score_classes[:5]} differ from the labels' "
+                        f"{label_classes[:5]} ({args.labels})", path=args.scores)
+    if score_ids is not None and label_ids is not None and score_ids != label_ids:
+        pos = {i: k for k, i in enumerate(score_ids)}
+        labelled = set(label_ids)
+        missing = [i for i in label_ids if i not in pos]
+        extra = [i for i in score_ids if i not in labelled]
+        if missing or extra or len(pos) != len(score_ids) or len(score_ids) != len(label_ids):
+            first = (f"{missing[0]!r} is not scored" if missing else
+                     f"{extra[0]!r} is not labelled" if extra else
+                     "an image id is listed twice")
+            raise DataError(f"the scores' image ids differ from the labels' ({args.labels}): "
+                            f"{len(score_ids)} scored, {len(label_ids)} labelled, {first}; "
+                            f"expected the same images", path=args.scores)
+        scores = scores[[pos[i] for i in label_ids]]   # the same images in the labels' order
     if scores.shape != labels.shape:
         raise DataError(f"scores have shape {scores.shape} but labels have shape {labels.shape}",
                         path=args.scores)
-    names = None
+    kind = args.scores_kind
+    inside = bool(scores.size) and float(scores.min()) >= 0.0 and float(scores.max()) <= 1.0
+    if kind == "auto":
+        if sc["kind"] is not None:
+            kind = sc["kind"]
+        elif inside:
+            kind = "probabilities"
+            print(f"mlrpl: note: every score in {args.scores} lies within [0, 1], so they are read "
+                  f"as probabilities; pass --scores-kind logits if they are logits",
+                  file=sys.stderr)
+        else:
+            kind = "logits"
+    if kind == "probabilities":
+        if not inside:
+            raise DataError(f"--scores-kind probabilities, but the scores lie in "
+                            f"[{scores.min():.4g}, {scores.max():.4g}]; expected values in "
+                            f"[0, 1] (pass --scores-kind logits for logits)", path=args.scores)
+        scores = probabilities_to_logits(scores)
+    names = label_classes or score_classes
     if args.classes:
-        names = [ln.strip() for ln in Path(args.classes).read_text().splitlines() if ln.strip()]
+        from mlrpl.errors import require_file
+        text = require_file(args.classes, "class-name file").read_text(encoding="utf-8",
+                                                                       errors="replace")
+        names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     thr = args.threshold
     if args.thresholds:
-        thr = _load_npy(args.thresholds, "thresholds").astype(np.float64)
+        if Path(args.thresholds).suffix.lower() == ".json":
+            if names is None:
+                raise DataError("a JSON thresholds file needs the class names: give --classes "
+                                "or labels/scores as .npz", path=args.thresholds)
+            from mlrpl.engine.evaluate import load_thresholds
+            thr = load_thresholds(args.thresholds, names)
+        else:
+            thr = _load_npy(args.thresholds, "thresholds").astype(np.float64)
     m = compute_metrics(scores, labels, threshold=thr, class_names=names)
     if args.json:
         print(json.dumps({k: (None if v != v else round(float(v), 6)) for k, v in m.items()}))
@@ -225,10 +302,22 @@ def _config_from_args(args):
                              f"got {type(base).__name__}); it cannot be resumed")
         base.setdefault("train", {})["stop_after_epochs"] = None  # a new invocation, a new budget
         base.setdefault("run", {})["overwrite"] = False
+        _refuse_method_change(args, base)
     overrides = list(args.overrides)
     if getattr(args, "run_dir", None):
         overrides.append(f"run.dir={args.run_dir}")
     return load_config(args.config, overrides, base=base)
+
+
+def _refuse_method_change(args, saved: dict) -> None:
+    """``--resume method.name=X`` on a run of another method: the trainer's comparison of the
+    settings never runs (the other method's keys do not even parse), so say it here."""
+    from mlrpl.engine.trainer import resume_refusal
+    was = (saved.get("method") or {}).get("name", "pbce")
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "method.name" and value.strip() != was:
+            raise MlrplError(resume_refusal(args.run_dir, {"method.name": (was, value.strip())}))
 
 
 def cmd_train(args) -> int:
@@ -247,8 +336,12 @@ def cmd_train(args) -> int:
         dist.cleanup()
     if main_process and result.get("last"):
         last, best = result["last"], result["best"]
-        print(f"done: {result['run_dir']}  last epoch mAP {last['mAP']:.2f}  "
-              f"best epoch {result['best_epoch'] + 1} mAP {best['mAP']:.2f}")
+        chosen = result["best_chosen_on"].split(":")[0]
+        print(f"done: {result['run_dir']}  last epoch ({result['epochs']}) mAP {last['mAP']:.2f}  "
+              f"best epoch {result['best_epoch']} mAP {best['mAP']:.2f} "
+              + ("(chosen on the evaluation split: optimistic)" if chosen == "eval" else
+                 "(chosen on held-out training labels)")
+              + ("; stopped early" if result.get("stopped_early") else ""))
     return 0
 
 
@@ -262,8 +355,17 @@ def cmd_eval(args) -> int:
         print(json.dumps(result["metrics"]))
     else:
         print(f"{result['dataset']} ({result['num_images']} images)")
+        if result.get("mAP_scope"):
+            print(result["mAP_scope"])
         for k, v in result["metrics"].items():
             print(f"{k:>12}  {v:8.2f}")
+    if args.save_scores:
+        from mlrpl.metrics import scores_ids_path
+        out = Path(args.save_scores)
+        what = (f"{out} (logits, image ids and classes)" if out.suffix.lower() == ".npz" else
+                f"{out} (logits) and {scores_ids_path(out)} (image ids, one a line)")
+        print(f"wrote {what}; score them again with: mlrpl metrics --scores {out} --labels ...",
+              file=sys.stderr)
     return 0
 
 
@@ -373,19 +475,30 @@ def _add_sweep_parsers(sub) -> None:
 # ---- deployment: predict, tune-thresholds, export, model bundle ------------------------------------
 def cmd_predict(args) -> int:
     import csv
-    import os
-    from mlrpl.predict import Predictor, decide, expand_inputs
+    import io
+
+    from mlrpl.files import atomic_write, disk_errors
+    from mlrpl.predict import Predictor, decide, expand_inputs, skipped_summary
+
+    def warn(message):
+        print(f"mlrpl: warning: {message}", file=sys.stderr)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.suffix not in (".csv", ".jsonl"):
             raise MlrplError(f"--out {out}: expected a .csv or .jsonl file")
+        if out.is_dir():
+            raise MlrplError(f"{out}: --out is a folder; give a .csv or .jsonl file name")
         if out.exists() and not args.force:
             raise MlrplError(f"{out}: refusing to overwrite an existing file (pass --force)")
     if args.topk is not None and args.topk < 1:
         raise MlrplError(f"--topk {args.topk}: expected a positive integer")
-    paths = expand_inputs(args.images)            # a missing path stops here, nothing written
+    skipped: list = []
+    paths = expand_inputs(args.images, skipped=skipped)  # a missing path stops here
     pred = Predictor.from_checkpoint(args.checkpoint, "cpu", args.thresholds,
-                                     args.backbone_weights)
+                                     args.backbone_weights, warn=warn)
+    note = skipped_summary(skipped)
+    if note:
+        print(f"mlrpl: note: {note}", file=sys.stderr)
     if args.save_attention and not pred.has_attention:
         raise MlrplError(f"--save-attention: method {pred.model.method.name!r} computes no "
                          f"per-class attention (the SARL-trunk methods do)")
@@ -396,33 +509,32 @@ def cmd_predict(args) -> int:
     else:
         probs, errors = pred.predict_proba([str(p) for p in paths], batch_size=args.batch_size,
                                            show_progress=show, on_error="skip")
+    advice = pred.threshold_advice(probs)
+    if advice:
+        warn(advice)
     classes, thr = pred.classes, pred.thresholds
     rows = []
     for i, p in enumerate(paths):
         if i in errors:
             continue
         rows.append((str(p), decide(probs[i], thr, classes, args.topk), probs[i]))
-    fh = sys.stdout
-    tmp = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        fh = open(tmp, "w", newline="")
-    try:
-        if out is not None and out.suffix == ".jsonl":
-            for path, labels, pr in rows:
-                fh.write(json.dumps({"path": path, "labels": labels, "probabilities":
-                                     {c: round(float(v), 6) for c, v in zip(classes, pr)}}) + "\n")
-        else:
-            w = csv.writer(fh)
-            w.writerow(["path", "labels", *classes])
-            for path, labels, pr in rows:
-                w.writerow([path, ";".join(labels), *(f"{float(v):.6f}" for v in pr)])
-    finally:
-        if tmp is not None:
-            fh.close()
-    if tmp is not None:
-        tmp.replace(out)
+    fh = io.StringIO(newline="")
+    if out is not None and out.suffix == ".jsonl":
+        for path, labels, pr in rows:
+            fh.write(json.dumps({"path": path, "labels": labels, "probabilities":
+                                 {c: round(float(v), 6) for c, v in zip(classes, pr)}}) + "\n")
+    else:
+        w = csv.writer(fh)
+        w.writerow(["path", "labels", *classes])
+        for path, labels, pr in rows:
+            w.writerow([path, ";".join(labels), *(f"{float(v):.6f}" for v in pr)])
+    if out is None:
+        sys.stdout.write(fh.getvalue())
+    else:
+        with disk_errors(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        data = fh.getvalue().encode("utf-8")
+        atomic_write(out, lambda f: f.write(data), keep_old=args.force)
     if args.save_attention:
         # each image's predicted classes (its best class when none passes its threshold)
         n = sum(len(pred.save_attention(path, labels or [classes[int(np.argmax(pr))]],
@@ -437,14 +549,15 @@ def cmd_predict(args) -> int:
 
 
 def cmd_tune_thresholds(args) -> int:
+    from mlrpl.files import check_output
     from mlrpl.thresholds import tune_checkpoint
-    if args.out and Path(args.out).exists() and not args.force:
-        raise MlrplError(f"{args.out}: refusing to overwrite an existing file (pass --force)")
+    if args.out:
+        check_output(args.out, args.force, "thresholds file")
     if args.min_positives < 1:
         raise MlrplError(f"--min-positives {args.min_positives}: expected at least 1")
     r = tune_checkpoint(args.checkpoint, split=args.split, overrides=args.overrides,
                         min_positives=args.min_positives, out=args.out,
-                        backbone_weights=args.backbone_weights)
+                        backbone_weights=args.backbone_weights, force=args.force)
     res = r["result"]
     print(f"{r['dataset']}: {r['num_images']} images; per-class thresholds maximising F1 on "
           f"known labels (min {args.min_positives} known positives, else the global "
@@ -458,15 +571,18 @@ def cmd_tune_thresholds(args) -> int:
     md, mt = r["metrics_default"], r["metrics_tuned"]
     print(f"on this split (optimistic: tuned on it): CF1 {md['CF1']:.2f} -> {mt['CF1']:.2f}, "
           f"OF1 {md['OF1']:.2f} -> {mt['OF1']:.2f} (threshold 0.5 -> tuned)")
-    print(f"wrote {r['path']}")
+    print(f"wrote {r['path']} (for the weights {r['model_digest'][:12]} of {args.checkpoint}: "
+          f"predict, export and mlrpl.load use it only for this model)")
     return 0
 
 
 def cmd_export(args) -> int:
     from mlrpl.export import export_model
+    def warn(message):
+        print(f"mlrpl: warning: {message}", file=sys.stderr)
     rep = export_model(args.checkpoint, args.out, args.format, thresholds=args.thresholds,
                        images=args.images, tolerance=args.tolerance, force=args.force,
-                       opset=args.opset, backbone_weights=args.backbone_weights)
+                       opset=args.opset, backbone_weights=args.backbone_weights, warn=warn)
     print(f"wrote {rep['out']}: {', '.join(rep['files'])} ({rep['seconds']:.1f}s; thresholds "
           f"{rep['thresholds']})")
     return 0
@@ -476,7 +592,8 @@ def cmd_model_bundle(args) -> int:
     from mlrpl.predict import write_bundle
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".bundle.pt")
-    path = write_bundle(ckpt, out, force=args.force, backbone_weights=args.backbone_weights)
+    path = write_bundle(ckpt, out, force=args.force, backbone_weights=args.backbone_weights,
+                        warn=lambda msg: print(f"mlrpl: warning: {msg}", file=sys.stderr))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): opens offline, without the "
           f"original weight file")
     return 0
@@ -486,9 +603,20 @@ def _add_deploy_parsers(sub) -> None:
     thr_help = ("auto (default: the model's tuned or learned thresholds, else 0.5) | model | "
                 "tuned | learned | a number | a thresholds file (.json/.npy)")
     bw_help = "the frozen backbone's weight file, when the checkpoint only references it"
-    pr = sub.add_parser("predict", help="predict labels of images or folders")
+    from mlrpl.predict import IMAGE_SUFFIXES
+    pr = sub.add_parser(
+        "predict", help="predict labels of images or folders",
+        description="Predict the labels of images. A file named on the command line is always "
+                    "read, whatever its suffix. A folder is walked recursively (sub-folders "
+                    "too, symbolic links to folders not followed), in sorted path order, and "
+                    "its files whose suffix is one of " + " ".join(IMAGE_SUFFIXES) + " in "
+                    "any case (.JPG too) are read; its other files, and hidden files and "
+                    "folders (a name starting with '.'), are skipped, and one line on stderr "
+                    "counts them. An unreadable image is reported on stderr and left out "
+                    "(exit status 1); the others are predicted.")
     pr.add_argument("--checkpoint", required=True, help="checkpoint or bundle")
-    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
+                    help="image files and folders (walked recursively, see above)")
     pr.add_argument("--thresholds", default="auto", help=thr_help)
     pr.add_argument("--topk", type=int, default=None,
                     help="at most K labels per image (the highest that pass their threshold)")
@@ -522,7 +650,8 @@ def _add_deploy_parsers(sub) -> None:
     ex = sub.add_parser("export", help="export a model for deployment (ONNX)")
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--format", choices=["onnx", "torch-export"], default="onnx")
-    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--out", required=True,
+                    help="output folder (new, empty, or an earlier export with --force)")
     ex.add_argument("--thresholds", default="auto", help=thr_help)
     ex.add_argument("--images", nargs="+", default=None,
                     help="real images to check the export on (default: the evaluation split)")
@@ -530,7 +659,10 @@ def _add_deploy_parsers(sub) -> None:
                     help="largest allowed probability difference from PyTorch")
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--backbone-weights", default=None, help=bw_help)
-    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ex.add_argument("--force", action="store_true",
+                    help="replace an earlier export at --out: it is moved aside to "
+                         "<out>.replaced-<time>, never deleted; a folder that mlrpl export did "
+                         "not write is never replaced")
     ex.set_defaults(func=cmd_export)
 
     mo = sub.add_parser("model", help="model files: bundle")
@@ -546,8 +678,33 @@ def _add_deploy_parsers(sub) -> None:
 
 
 # ---- parser -------------------------------------------------------------------------------------
+def _train_help_lists() -> str:
+    """The methods, plug-ins and preset configs, appended to ``mlrpl train --help`` (computed
+    only when the help is shown: listing them imports the registries)."""
+    import textwrap
+    from mlrpl.methods import list_methods
+    from mlrpl.plugins import list_plugins
+    lines = ["", "methods (method.name=...):"]
+    lines += textwrap.wrap(", ".join(list_methods()), 78, initial_indent="  ",
+                           subsequent_indent="  ")
+    lines += ["plug-ins (plugins=[{name: ...}]):"]
+    lines += textwrap.wrap(", ".join(list_plugins()), 78, initial_indent="  ",
+                           subsequent_indent="  ")
+    presets = Path(__file__).resolve().parents[1] / "configs"
+    if presets.is_dir():
+        names = sorted(f.name for f in presets.glob("*.yaml"))
+        lines += [f"preset configs (--config {presets}/NAME):"]
+        lines += textwrap.wrap(", ".join(names), 78, initial_indent="  ", subsequent_indent="  ")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlrpl", description=__doc__.split("\n")[0])
+    from mlrpl.version import __version__
+    p = argparse.ArgumentParser(
+        prog="mlrpl", description="Multi-label image recognition with partial labels: simulate "
+        "partial labels, train and evaluate the published methods, predict and export.",
+        epilog="Each verb has its own help: mlrpl VERB --help. Start with README.md.")
+    p.add_argument("--version", action="version", version=f"mlrpl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="VERB")
     sub.required = True
 
@@ -584,13 +741,27 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--force", action="store_true")
     dc.set_defaults(func=cmd_data_convert)
 
-    m = sub.add_parser("metrics", help="score saved predictions (logits) against labels")
-    m.add_argument("--scores", required=True, help=".npy (N, C) logits")
-    m.add_argument("--labels", required=True, help=".npy (N, C) labels")
+    m = sub.add_parser("metrics", help="score saved predictions (logits or probabilities) "
+                                       "against labels")
+    m.add_argument("--scores", required=True,
+                   help=".npy (N, C) scores (image ids read from <stem>.ids.txt beside it when "
+                        "present), or the .npz of mlrpl eval --save-scores (scores, ids, "
+                        "classes)")
+    m.add_argument("--scores-kind", choices=["auto", "logits", "probabilities"], default="auto",
+                   help="what the scores are; auto (default): what a .npz records, else "
+                        "probabilities when every value lies within [0, 1] (a note says so), "
+                        "else logits")
+    m.add_argument("--labels", required=True,
+                   help=".npy (N, C) labels, or the .npz of mlrpl data convert (its encoding, "
+                        "classes and image ids are read from it; scores with ids are matched "
+                        "to its images)")
     m.add_argument("--encoding", choices=["hcp", "asl"], default=None,
-                   help="labels' encoding; required when the file is ambiguous")
-    m.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
-    m.add_argument("--thresholds", default=None, help=".npy (C,) per-class probability thresholds")
+                   help="a .npy labels file's encoding; required when the file is ambiguous")
+    m.add_argument("--threshold", type=float, default=0.5,
+                   help="probability threshold (default 0.5, whatever --scores-kind)")
+    m.add_argument("--thresholds", default=None,
+                   help="per-class probability thresholds: .npy (C,) or a JSON {class: t} "
+                        "(with class names)")
     m.add_argument("--classes", default=None, help="class names, one per line (for warnings)")
     m.add_argument("--json", action="store_true", help="print one JSON object (percentages)")
     m.set_defaults(func=cmd_metrics)
@@ -602,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in run.dir from last.pt")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(func=cmd_train)
+    t.format_help = lambda: argparse.ArgumentParser.format_help(t) + _train_help_lists()
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("--checkpoint", required=True)
@@ -613,8 +785,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-class thresholds: a .npy (C,) or a JSON {class: threshold}")
     e.add_argument("--model-thresholds", action="store_true",
                    help="the per-class thresholds saved with the model (satl)")
-    e.add_argument("--save-scores", default=None, help="write the logits to this .npy")
-    e.add_argument("--force", action="store_true", help="overwrite an existing --save-scores file")
+    e.add_argument("--save-scores", default=None, metavar="FILE",
+                   help="write the logits (N, C) with their images' ids: FILE.npy and "
+                        "FILE.ids.txt beside it (one id a line, same order), or one FILE.npz "
+                        "(scores, ids, classes, kind); both read by mlrpl metrics")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite existing --save-scores files")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -645,7 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_cache, run_dir=None, resume=False)
 
-    dm = sub.add_parser("demo", help="the demo: pbce on COCO128 with 30%% vs 100%% known labels")
+    dm = sub.add_parser("demo", help="the demo on COCO128 at 30%% known: pbce, pbce with the "
+                                     "ImageNet class prior, 100%% known, a random backbone")
     dm.add_argument("--data-root", default=None,
                     help="folder holding coco128/ (default: $MLRPL_DATA)")
     dm.add_argument("--out", default="runs/demo", help="where the runs and the plot go")
@@ -662,12 +839,34 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from mlrpl.logs import console
-    console()
+    # a verb whose stdout is its result (JSON, or predictions without --out) logs on stderr
+    console(to_stderr=bool(getattr(args, "json", False))
+            or (args.command == "predict" and not getattr(args, "out", None)))
     try:
         return int(args.func(args) or 0)
     except MlrplError as e:
-        print(f"mlrpl: error: {e}", file=sys.stderr)
+        # one line, whatever the message holds (a wrapped library message, say)
+        print("mlrpl: error: " + " ".join(str(e).splitlines()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mlrpl: interrupted; {_INTERRUPTED.get(args.command, _INTERRUPTED[None])}",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mlrpl predict ... | head`: the reader left, nothing to report
+        try:
+            sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout
+        except OSError:
+            pass
+        return 141
+
+
+# What an interrupted verb left (every output is written atomically: nothing half-written).
+_INTERRUPTED = {
+    None: "nothing was half-written (outputs are written whole or not at all)",
+    "train": "the run directory keeps its last finished epoch; continue it with "
+             "`mlrpl train --resume --run-dir DIR`",
+    "sweep": "finished runs are kept; the same command skips them and resumes the others",
+}
 
 
 if __name__ == "__main__":

@@ -92,11 +92,18 @@ class TrainConfig:
     eval_batch_size: int = 64
     amp: Optional[str] = None        # null | bf16 | fp16
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    threads: Optional[int] = None
-    progress: str = "auto"           # auto (only on a terminal) | always | never
+    threads: Optional[int] = None    # torch's intra-op threads; null: torch's default (all cores)
+    progress: str = "auto"           # auto (terminal: a bar; else a line per 10%) | always | never
     tensorboard: bool = True
     stop_after_epochs: Optional[int] = None  # end this invocation early (resume continues)
     deterministic: bool = False      # torch.use_deterministic_algorithms
+    # Which epoch is "best" (best.pt, metrics.json's best): `eval` picks it on the evaluation
+    # split, an optimistic choice (the epoch is chosen on the data it is scored on);
+    # `train_holdout` holds `select_holdout` of the training images out of training and picks it
+    # on their known labels (partial as they are), never looking at the evaluation split.
+    select: str = "eval"
+    select_holdout: float = 0.1
+    early_stop: Optional[int] = None  # stop after this many epochs without a better best epoch
 
 
 @dataclass
@@ -135,6 +142,7 @@ _CHOICES = {
     "sched.name": ("none", "step", "cosine", "onecycle"),
     "train.amp": (None, "bf16", "fp16"),
     "train.progress": ("auto", "always", "never"),
+    "train.select": ("eval", "train_holdout"),
 }
 
 
@@ -174,16 +182,45 @@ def _merge(schema, *parts, origin=""):
         raise ConfigError(f"configuration error{origin}: {e}") from None
 
 
+def yaml_error(path, e: Exception, expected: str) -> ConfigError:
+    """One line for a YAML file that cannot be read: where (line, column) and what."""
+    if isinstance(e, UnicodeDecodeError):
+        return ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected {expected}")
+    mark = getattr(e, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return ConfigError(f"{path}{where}: not valid YAML ({what}); expected {expected}")
+
+
+def read_yaml(path, expected: str = "a YAML mapping"):
+    """A YAML file's content, or one ConfigError naming the file, line and column."""
+    import yaml
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise yaml_error(path, e, expected) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a YAML file; expected {expected}") from None
+
+
 def load_yaml_chain(p: Path, seen=()) -> list:
     """A YAML config and, first, the files its ``base:`` key names (relative to it)."""
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     if p.resolve() in seen:
         raise ConfigError(f"{p}: 'base' files include each other")
+    data = read_yaml(p, "a YAML config (a mapping of config keys)")
+    if data is None:
+        raise ConfigError(f"{p}: an empty config file; expected a mapping of config keys (e.g. "
+                          f"'train: {{epochs: 5}}')")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a YAML {type(data).__name__}, not a config; expected a mapping "
+                          f"of config keys (e.g. 'train: {{epochs: 5}}')")
     try:
-        node = OmegaConf.load(p)
-    except Exception as e:  # yaml errors of all kinds
-        raise ConfigError(f"{p}: not a valid YAML config ({e})") from None
+        node = OmegaConf.create(data)
+    except Exception as e:  # keys OmegaConf cannot hold
+        raise ConfigError(f"{p}: not a valid config ({str(e).splitlines()[0]})") from None
     bases = node.pop("base", None) if isinstance(node, DictConfig) else None
     chain = []
     for b in ([bases] if isinstance(bases, str) else list(bases or [])):
@@ -242,6 +279,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
 
 # key -> (test, what was expected). A value outside its range is an error before any work.
 _RANGES = {
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32) (numpy's seed range)"),
+    "data.mask_seed": (lambda v: v is None or 0 <= v < 2**32, "an integer in [0, 2**32) or null"),
+    "data.split_seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "data.known_proportion": (lambda v: 0.0 < v <= 1.0, "a proportion in (0, 1]"),
     "data.holdout": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
     "data.image_size": (lambda v: v >= 1, "a positive integer"),
@@ -266,6 +306,8 @@ _RANGES = {
     "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.threads": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
     "train.stop_after_epochs": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "train.select_holdout": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
+    "train.early_stop": (lambda v: v is None or v >= 1, "an integer >= 1 (epochs) or null"),
     "eval.threshold": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
 }
 
@@ -301,7 +343,9 @@ def resolved(cfg: DictConfig) -> dict:
         raw = (given.get(section) or {}).get(name)
         if isinstance(raw, str) and "${oc.env:" in raw:
             out[section][name] = raw
-    return out
+    # the reader options that decide what the labels mean (VOC's difficult rule), recorded
+    from mlrpl.data.readers import with_recorded_defaults
+    return with_recorded_defaults(out)
 
 
 def to_yaml(cfg) -> str:

@@ -75,11 +75,12 @@ def run_demo(data_root=None, out=None, overwrite=False, epochs=None) -> int:
         result = Trainer(cfg).fit()
         results.append((label, result))
     print(f"\nDemo on {title}, EfficientNet-Lite0 cached features, {time.time() - t0:.0f} s")
-    print(f"{'run':<36} {'mAP':>6} {'CF1':>6} {'OF1':>6}   (last epoch; best-epoch mAP)")
+    print(f"{'run':<36} {'mAP':>6} {'CF1':>6} {'OF1':>6}   (last epoch; best-epoch mAP, the epoch "
+          f"chosen on the evaluation split: optimistic)")
     for label, r in results:
         last = r["last"]
         print(f"{label:<36} {last['mAP']:6.2f} {last['CF1']:6.2f} {last['OF1']:6.2f}   "
-              f"({r['best']['mAP']:.2f} at epoch {r['best_epoch'] + 1})")
+              f"({r['best']['mAP']:.2f} at epoch {r['best_epoch']})")
     png = out / "demo.png"
     plot_demo(results, png, title)
     print(f"\nplot: {png}\nruns: {', '.join(str(out / n) for _, _, n in runs)}")
@@ -89,16 +90,15 @@ def run_demo(data_root=None, out=None, overwrite=False, epochs=None) -> int:
 
 
 def plot_demo(results, png: Path, title: str) -> None:
-    import csv
+    from mlrpl.engine.rundir import read_summary
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, r in results:
-        with open(Path(r["run_dir"]) / "summary.csv") as fh:
-            rows = list(csv.DictReader(fh))
-        ax1.plot([int(x["epoch"]) + 1 for x in rows], [float(x["mAP"]) for x in rows],
+        rows = read_summary(r["run_dir"])
+        ax1.plot([int(x["epoch"]) for x in rows], [float(x["mAP"]) for x in rows],
                  marker="o", ms=3, label=label)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation mAP (%)")

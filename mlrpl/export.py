@@ -13,13 +13,16 @@ The export is checked before it is kept: the same images (real ones: ``images=``
 checkpoint's evaluation split) go through onnxruntime and PyTorch, the largest difference of the
 probabilities is printed, and above ``tolerance`` the export fails and nothing is written.
 ``--format torch-export`` writes ``model.pt2`` (``torch.export``) with the same side files.
+
+The folder is built under a temporary name beside ``out`` and renamed into place at the end. An
+existing ``out`` is replaced only with ``force`` and only when it is an earlier export (its
+``preprocess.json`` says ``"written_by": "mlrpl export"``); it is moved aside to
+``<out>.replaced-<time>``, never deleted. Any other non-empty folder, or a file, is refused.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -63,23 +66,80 @@ def _check_images(predictor, images, n: int = 8) -> tuple[torch.Tensor, str]:
     return torch.stack(tensors), f"{len(tensors)} {what}"
 
 
+WRITTEN_BY = "mlrpl export"
+EXPORT_FILES = ("model.onnx", "model.pt2", "classes.txt", "preprocess.json", "thresholds.json")
+
+
+def is_export_dir(folder) -> bool:
+    """Whether `folder` is one that :func:`export_model` wrote: its ``preprocess.json`` says
+    ``"written_by": "mlrpl export"`` (or, written before that mark, holds the export's ``input``
+    and ``outputs`` keys beside a model file)."""
+    folder = Path(folder)
+    pre = folder / "preprocess.json"
+    try:
+        doc = json.loads(pre.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("written_by") == WRITTEN_BY:
+        return True
+    return (doc.get("input") == "image" and doc.get("outputs") == ["logits", "probabilities"]
+            and any((folder / m).is_file() for m in ("model.onnx", "model.pt2")))
+
+
+def check_export_out(out, force: bool) -> bool:
+    """Check the export folder before any work; True when an earlier export is to be replaced
+    (moved aside). A file, a non-empty folder without ``force``, or a non-empty folder that no
+    export wrote (even with ``force``) is one error."""
+    from mlrpl.files import check_writable_dir
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise MlrplError(f"{out}: --out is a file, not a folder; export writes a folder: give a "
+                         f"new folder name")
+    replace = False
+    if out.is_dir() and any(out.iterdir()):
+        earlier = is_export_dir(out)
+        if not earlier:
+            raise MlrplError(f"{out}: exists, is not empty and is not an mlrpl export (no "
+                             f"preprocess.json written by mlrpl export); refusing to replace it"
+                             f"{' even with --force' if force else ''}; choose another --out")
+        if not force:
+            raise MlrplError(f"{out}: exists and is not empty (an earlier export); pass --force "
+                             f"to replace it (it is moved aside to {out.name}.replaced-<time>)")
+        replace = True
+    parent = out.parent if str(out.parent) else Path(".")
+    while not parent.exists():
+        parent = parent.parent
+    check_writable_dir(parent, "folder of --out")
+    return replace
+
+
 def export_model(checkpoint, out, fmt: str = "onnx", thresholds="auto", images=None,
                  tolerance: float = 1e-4, force: bool = False, opset: int = 17,
-                 backbone_weights=None, log=print) -> dict:
+                 backbone_weights=None, log=print, warn=None) -> dict:
     """Export `checkpoint` to folder `out` (see the module docstring); returns a report dict
-    (files, max_abs_diff, seconds)."""
+    (files, max_abs_diff, seconds, replaced: where an earlier export was moved, or None).
+
+    ``warn`` receives one-line warnings (thresholds tuned for another model, no tuned
+    thresholds); by default they are Python warnings."""
+    from mlrpl.files import (disk_errors, make_temp_dir, move_aside, remove_stale_temps_of,
+                             rename_into_place)
     from mlrpl.predict import Predictor
+    from mlrpl.version import __version__
     if fmt not in FORMATS:
         raise MlrplError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise MlrplError(f"{out}: exists and is not empty; pass --force to replace it")
+    replace = check_export_out(out, force)
     t0 = time.perf_counter()
-    pred = Predictor.from_checkpoint(checkpoint, "cpu", thresholds, backbone_weights)
+    pred = Predictor.from_checkpoint(checkpoint, "cpu", thresholds, backbone_weights, warn=warn)
     x, what = _check_images(pred, images)
     net = pred.net.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with disk_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps_of(out)          # what an export of `out` killed earlier left
+    tmp = make_temp_dir(out)
+    replaced = None
     try:
         with torch.no_grad():
             ref_logits, ref_probs = (t.numpy() for t in net(x))
@@ -97,17 +157,31 @@ def export_model(checkpoint, out, fmt: str = "onnx", thresholds="auto", images=N
         if not diff <= tolerance:
             raise MlrplError(f"the {fmt} model's probabilities differ from PyTorch's by "
                              f"{diff:.3g} > {tolerance:g}; nothing written")
-        (tmp / "classes.txt").write_text("\n".join(pred.classes) + "\n")
-        pre = dict(pred.preprocess, input="image", outputs=["logits", "probabilities"],
-                   backbone=pred.cfg.model.backbone, method=pred.model.method.name)
-        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=1))
-        (tmp / "thresholds.json").write_text(json.dumps({
-            "source": pred.thresholds_source,
-            "thresholds": {c: round(float(t), 6) for c, t in zip(pred.classes,
-                                                                 pred.thresholds)}}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with disk_errors(tmp):
+            (tmp / "classes.txt").write_text("\n".join(pred.classes) + "\n")
+            pre = dict(pred.preprocess, input="image", outputs=["logits", "probabilities"],
+                       backbone=pred.cfg.model.backbone, method=pred.model.method.name,
+                       written_by=WRITTEN_BY, mlrpl_version=__version__)
+            (tmp / "preprocess.json").write_text(json.dumps(pre, indent=1))
+            (tmp / "thresholds.json").write_text(json.dumps({
+                "source": pred.thresholds_source,
+                "thresholds": {c: round(float(t), 6) for c, t in zip(pred.classes,
+                                                                     pred.thresholds)}},
+                indent=1))
+        advice = pred.threshold_advice(ref_probs, "images checked")
+        if advice:
+            pred.warn(advice)
+        if replace and out.exists():
+            replaced = move_aside(out)
+        try:
+            rename_into_place(tmp, out)
+        except MlrplError:
+            if replaced is not None and not out.exists():
+                rename_into_place(replaced, out)     # put the earlier export back
+                replaced = None
+            raise
+        if replaced is not None:
+            log(f"--force: the earlier export was moved to {replaced}")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +189,8 @@ def export_model(checkpoint, out, fmt: str = "onnx", thresholds="auto", images=N
     files = sorted(p.name for p in out.iterdir())
     return {"out": str(out), "files": files, "max_abs_diff": diff,
             "max_abs_diff_logits": diff_logits, "seconds": seconds,
-            "thresholds": pred.thresholds_source}
+            "thresholds": pred.thresholds_source, "replaced": None if replaced is None
+            else str(replaced)}
 
 
 def _export_onnx(net, size: int, path: Path, opset: int) -> None:

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | Path) -> list[Path]:
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
     """Delete ``.<name>.<pid>.tmp`` files and folders in `folder` whose process is gone (and
-    ``.<name>.tmp`` ones, written by earlier versions).
+    ``.<name>.tmp`` ones, written by earlier versions); with `name`, only the temporaries of that
+    output.
 
     Returns what was removed. A temp of a live process (another run writing now) is left."""
     folder = Path(folder)
@@ -61,6 +63,8 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         m = _TMP.match(p.name)
         if m is None or (m["pid"] is not None and pid_alive(int(m["pid"]))):
             continue  # a live writer's (a temp without a pid is an older writer's, never live)
+        if name is not None and (m["name"] != name or m["pid"] is None):
+            continue
         try:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -143,16 +147,28 @@ def check_output(path, force: bool = False, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write(path, write, mode: str = "wb") -> Path:
-    """Call ``write(fh)`` on a temporary file beside `path`, fsync, rename over `path`."""
+def atomic_write(path, write, mode: str = "wb", keep_old: bool = False,
+                 before_rename=None, **open_kw) -> Path:
+    """Call ``write(fh)`` on a temporary file beside `path`, fsync, rename over `path`.
+
+    `keep_old`: an existing `path` (a user's file replaced with ``--force``) is moved aside to
+    ``<name>.replaced-<time>`` just before the rename, never deleted; the move is logged.
+    `before_rename`: called between the fsync and the rename (the fault suite's kill point)."""
     path = Path(path)
     tmp = temp_name(path)
     try:
         with disk_errors(path):
-            with open(tmp, mode) as fh:
+            with open(tmp, mode, **open_kw) as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if before_rename is not None:
+                before_rename()
+            if keep_old and path.exists():
+                aside = move_aside(path)
+                import logging
+                logging.getLogger("mlrpl").warning(f"--force: the earlier {path.name} was moved "
+                                                   f"to {aside.name}")
             os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -160,14 +176,63 @@ def atomic_write(path, write, mode: str = "wb") -> Path:
     return path
 
 
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text), mode="w")
+def atomic_write_text(path, text: str, keep_old: bool = False) -> Path:
+    return atomic_write(path, lambda fh: fh.write(text), mode="w", keep_old=keep_old)
 
 
-def save_npy(path, array) -> Path:
+def save_npy(path, array, keep_old: bool = False) -> Path:
     """``numpy.save`` atomically (no pickled objects)."""
     import numpy as np
-    return atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
+    return atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False),
+                        keep_old=keep_old)
+
+
+def move_aside(path, tag: str = "replaced") -> Path:
+    """Rename `path` (a file or folder) to ``<name>.<tag>-<YYYYmmdd-HHMMSS>`` beside it (``-2``,
+    ``-3``... when that name is taken) and return the new path. Nothing is deleted."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
+    n = 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    with disk_errors(path):
+        os.rename(path, aside)
+    return aside
+
+
+def remove_stale_temps_of(path) -> list[Path]:
+    """Delete the temporary files and folders that killed writers of `path` left beside it
+    (``.<name>.<pid>.tmp`` whose process is gone); those of other names are left alone."""
+    path = Path(path)
+    return remove_stale_temps(path.parent if str(path.parent) else Path("."), path.name)
+
+
+def make_temp_dir(path) -> Path:
+    """A new, empty temporary folder beside `path` (``.<name>.<pid>.tmp``, removed by
+    :func:`remove_stale_temps` once this process is gone) to build `path` in."""
+    tmp = temp_name(path)
+    with disk_errors(tmp):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)      # this process's own earlier, unfinished one
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        tmp.mkdir()
+    return tmp
+
+
+def rename_into_place(src, dest, raw_errors: bool = False) -> Path:
+    """Rename `src` (a file, or a folder onto a missing or empty folder) to `dest` in one step.
+    An OSError becomes one DiskError, or stays an OSError with `raw_errors` (for a caller that
+    handles a lost race itself: another process renamed the same entry first)."""
+    dest = Path(dest)
+    if raw_errors:
+        os.replace(src, dest)
+        return dest
+    with disk_errors(dest):
+        os.replace(src, dest)
+    return dest
 
 
 def _size(n: int) -> str:

@@ -17,25 +17,31 @@ log = logging.getLogger("mlrpl")
 
 class _Console(logging.StreamHandler):
     """Marks the handler :func:`console` installs, so that it is installed once. It writes to
-    whatever ``sys.stdout`` is at the time (a redirected or captured stdout, not a closed one)."""
+    whatever ``sys.stdout`` (or ``sys.stderr``, see :func:`console`) is at the time (a redirected
+    or captured stream, not a closed one)."""
+
+    to_stderr = False
 
     @property
     def stream(self):
-        return sys.stdout
+        return sys.stderr if self.to_stderr else sys.stdout
 
     @stream.setter
     def stream(self, value):
         pass
 
 
-def console(level: int = logging.INFO) -> None:
-    """Show the library's messages on stdout, from the main process of a torchrun job only."""
+def console(level: int = logging.INFO, to_stderr: bool = False) -> None:
+    """Show the library's messages on stdout (on stderr with `to_stderr`: for a verb whose
+    stdout is its result, JSON or CSV), from the main process of a torchrun job only."""
     main = int(os.environ.get("RANK", "0")) == 0
     log.setLevel(level if main else logging.WARNING)
-    if not any(isinstance(h, _Console) for h in log.handlers):
-        h = _Console(sys.stdout)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(h)
+    handler = next((h for h in log.handlers if isinstance(h, _Console)), None)
+    if handler is None:
+        handler = _Console(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    handler.to_stderr = to_stderr
     log.propagate = False
 
 

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -579,3 +580,134 @@ def per_class_report(scores: Any, labels: Any, class_names: Sequence[str] | None
             "recall": 100.0 * float(nc[c] / ng[c]) if ng[c] > 0 else math.nan,
         })
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# probabilities, and the scores files of ``mlrpl eval --save-scores`` / ``mlrpl metrics``
+
+
+def probabilities_to_logits(probs: Any) -> np.ndarray:
+    """Probabilities in [0, 1] -> float64 logits ``log(p) - log1p(-p)``, the same formula as the
+    thresholds, so that ``p >= t`` exactly when ``logit(p) >= logit(t)``. 0 and 1 are first moved
+    to the nearest float inside (0, 1), so that every logit is finite; the ranking is kept."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = np.clip(p, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
+    with np.errstate(divide="ignore", over="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+SCORES_FORMATS = (".npy", ".npz")
+
+
+def scores_ids_path(path) -> Path:
+    """The image-id list written beside a ``.npy`` scores file: ``s.npy`` -> ``s.ids.txt``."""
+    p = Path(path)
+    return p.with_name(p.stem + ".ids.txt")
+
+
+def check_scores_output(path, force: bool = False) -> list:
+    """Check the outputs of ``--save-scores`` before the work: a ``.npy`` (with its ``.ids.txt``)
+    or a ``.npz``, in an existing folder, not replacing a file without `force`. Returns the paths
+    that will be written."""
+    from mlrpl.files import check_output
+    path = Path(path)
+    if path.suffix.lower() not in SCORES_FORMATS:
+        raise MlrplError(f"{path}: a scores file must end in .npy (the logits, with the image ids "
+                         f"in {scores_ids_path(path).name}) or .npz (scores, ids, classes)")
+    outs = [check_output(path, force, "scores file")]
+    if path.suffix.lower() == ".npy":
+        outs.append(check_output(scores_ids_path(path), force, "scores' image-id file"))
+    return outs
+
+
+def write_scores(path, scores: np.ndarray, ids: Sequence[str], classes: Sequence[str],
+                 kind: str = "logits", keep_old: bool = False) -> list:
+    """Write scores (N, C) with their image ids (N) and classes (C), atomically.
+
+    ``.npz``: arrays ``scores`` (float32), ``ids``, ``classes`` (unicode) and ``kind``
+    (``"logits"`` or ``"probabilities"``). ``.npy``: the scores alone, and the ids one a line in
+    ``<stem>.ids.txt`` beside it. Returns the paths written."""
+    from mlrpl.files import atomic_write, atomic_write_text, save_npy
+    path = Path(path)
+    scores = np.asarray(scores, dtype=np.float32)
+    ids = [str(i) for i in ids]
+    if len(ids) != scores.shape[0]:
+        raise MlrplError(f"{path}: {len(ids)} image ids for {scores.shape[0]} rows of scores")
+    if path.suffix.lower() == ".npz":
+        arrays = {"scores": scores, "ids": np.array(ids, dtype=str),
+                  "classes": np.array([str(c) for c in classes], dtype=str),
+                  "kind": np.array(kind)}
+        return [atomic_write(path, lambda fh: np.savez(fh, **arrays), keep_old=keep_old)]
+    bad = [i for i in ids if "\n" in i or "\r" in i]
+    if bad:
+        raise MlrplError(f"{path}: image id {bad[0]!r} holds a line break and cannot be listed "
+                         f"one a line; save the scores as .npz instead")
+    side = scores_ids_path(path)
+    atomic_write_text(side, "".join(i + "\n" for i in ids), keep_old=keep_old)
+    return [save_npy(path, scores, keep_old=keep_old), side]
+
+
+def read_scores(path) -> dict:
+    """A scores file as ``{"scores": (N, C) float64, "ids": list or None, "classes": list or
+    None, "kind": "logits" | "probabilities" | None}``: a ``.npy`` (its ``<stem>.ids.txt``
+    read when present) or an ``.npz`` written by :func:`write_scores`. Any problem is one
+    DataError naming the file."""
+    path = Path(path)
+    z = _load_array_file(path, "scores")
+    ids = classes = kind = None
+    if isinstance(z, dict):
+        if "scores" not in z:
+            raise DataError(f"no 'scores' array in this .npz (it holds {sorted(z)}); expected the "
+                            f"file mlrpl eval --save-scores writes (scores, ids, classes)",
+                            path=path)
+        scores = z["scores"]
+        if "ids" in z:
+            ids = [str(x) for x in np.asarray(z["ids"]).reshape(-1)]
+        if "classes" in z:
+            classes = [str(x) for x in np.asarray(z["classes"]).reshape(-1)]
+        if "kind" in z:
+            kind = str(z["kind"])
+            if kind not in ("logits", "probabilities"):
+                raise DataError(f"field 'kind' is {kind!r}; expected 'logits' or "
+                                f"'probabilities'", path=path)
+    else:
+        scores = z
+        side = scores_ids_path(path)
+        if side.is_file():
+            try:
+                ids = side.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text ({e})", path=side) from None
+    if scores.dtype == object or not np.issubdtype(scores.dtype, np.number):
+        raise DataError(f"scores must be numbers, got dtype {scores.dtype}", path=path)
+    if scores.ndim != 2:
+        raise DataError(f"scores must be a matrix (N images, C classes), got shape "
+                        f"{scores.shape}", path=path)
+    scores = scores.astype(np.float64)
+    bad = np.argwhere(~np.isfinite(scores))
+    if len(bad):
+        raise DataError(f"{len(bad)} score(s) are NaN or infinite, first at row {bad[0][0]}, "
+                        f"column {bad[0][1]}; expected finite logits or probabilities", path=path)
+    if ids is not None and len(ids) != scores.shape[0]:
+        where = path if isinstance(z, dict) else scores_ids_path(path)
+        raise DataError(f"{len(ids)} image ids for {scores.shape[0]} rows of scores", path=where)
+    if classes is not None and len(classes) != scores.shape[1]:
+        raise DataError(f"{len(classes)} class names for {scores.shape[1]} columns of scores",
+                        path=path)
+    return {"scores": scores, "ids": ids, "classes": classes, "kind": kind}
+
+
+def _load_array_file(path, what: str):
+    """A .npy as an array or a .npz as a dict of arrays (no pickles); one DataError else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found" if not path.exists() else
+                        f"the {what} file is a folder", path=path)
+    try:
+        z = np.load(path, allow_pickle=False)
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                return {k: z[k] for k in z.files}
+        return z
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise DataError(f"not a readable .npy/.npz array ({e})", path=path) from None

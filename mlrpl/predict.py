@@ -11,6 +11,7 @@ hub cache), and when that source is missing the error names the file and where i
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,19 @@ from mlrpl.errors import DataError, MlrplError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None) -> Path:
+class DeployWarning(UserWarning):
+    """A prediction that runs but deserves a look: thresholds tuned for another model, or no
+    tuned thresholds where the model needs them. The command line prints each as one line
+    ``mlrpl: warning: ...`` on stderr."""
+
+
+def python_warning(message: str) -> None:
+    """The default ``warn`` of the library: a :class:`DeployWarning`."""
+    warnings.warn(message, DeployWarning, stacklevel=3)
+
+
+def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None,
+                 warn=None) -> Path:
     """A self-contained inference checkpoint: every tensor (the backbone included), the config,
     classes, preprocessing, the method's state and the tuned thresholds when there are some; no
     optimiser, RNG or history. It opens without network and without the original weight file."""
@@ -41,21 +54,47 @@ def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None) ->
                   bundled_from=str(checkpoint))
     side = sidecar_path(checkpoint)
     if side.is_file():
-        bundle["thresholds"] = json.loads(side.read_text())
+        from mlrpl.thresholds import model_digest, read_thresholds, thresholds_record
+        read_thresholds(side, list(ckpt["classes"]))          # a damaged file is an error here
+        recorded = thresholds_record(side)["model_digest"]
+        if recorded is not None and recorded != model_digest(model):
+            (warn or python_warning)(
+                f"{side}: tuned for another model than {checkpoint} (weights {recorded[:12]} vs "
+                f"{model_digest(model)[:12]}); not put in the bundle")
+        else:
+            bundle["thresholds"] = json.loads(side.read_text(encoding="utf-8"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_save(bundle, out)
+    return atomic_save(bundle, out, keep_old=force)
 
 
 # ---- thresholds -----------------------------------------------------------------------------
-def resolve_thresholds(spec, checkpoint_path, ckpt: dict, model, default: float = 0.5):
+def resolve_thresholds(spec, checkpoint_path, ckpt: dict, model, default: float = 0.5,
+                       warn=None, digest=None):
     """(per-class thresholds (C,), where they came from) for ``spec``:
 
     ``None`` / ``"auto"``: the model's thresholds when it has some, else `default`;
     ``"model"``: tuned thresholds saved with the model (``<ckpt>.thresholds.json`` or inside a
-    bundle), else the method's learned ones (SATL), else an error; ``"learned"``: the method's;
-    a number: that threshold for every class; anything else: a thresholds file."""
+    bundle), else the method's learned ones (SATL), else an error; ``"tuned"``: only those;
+    ``"learned"``: the method's; a number: that threshold for every class; anything else: a
+    thresholds file.
+
+    Tuned thresholds record the model they were tuned for (``model_digest``). Found beside the
+    checkpoint (or in a bundle) but tuned for another model, they are not used: ``warn`` gets one
+    line and the next source is taken (for ``"tuned"``: an error). A file given explicitly for
+    another model is used, with a warning naming both. A tuned file without the record is used
+    with a warning that it cannot be verified. ``digest``: a callable returning this model's
+    :func:`~mlrpl.thresholds.model_digest` (computed when needed if None)."""
     from mlrpl.engine.evaluate import learned_thresholds
-    from mlrpl.thresholds import read_thresholds, sidecar_path
+    from mlrpl.thresholds import model_digest, read_thresholds, sidecar_path, thresholds_record
+    warn = warn or python_warning
+    mine: list[str] = []
+
+    def this_digest() -> str:
+        if not mine:
+            mine.append(digest() if digest is not None else model_digest(model))
+        return mine[0]
+
+    retune = f"mlrpl tune-thresholds --checkpoint {checkpoint_path}"
     classes = list(ckpt["classes"])
     c = len(classes)
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
@@ -78,22 +117,56 @@ def resolve_thresholds(spec, checkpoint_path, ckpt: dict, model, default: float 
         if spec in (None, "auto", "model", "tuned"):
             side = sidecar_path(checkpoint_path)
             if side.is_file():
-                return read_thresholds(side, classes)[0], f"tuned ({side.name})"
+                rec = thresholds_record(side)
+                other = rec["model_digest"]
+                if other is not None and other != this_digest():
+                    msg = (f"{side}: tuned for another model ({rec['checkpoint'] or '?'}, weights "
+                           f"{other[:12]}), not for {checkpoint_path} (weights "
+                           f"{this_digest()[:12]})")
+                    if spec == "tuned":
+                        raise MlrplError(f"{msg}; tune this model's: {retune}")
+                    warn(f"{msg}; not used; tune this model's: {retune}")
+                else:
+                    arr = read_thresholds(side, classes)[0]
+                    if other is None:
+                        warn(f"{side}: records no model digest (written by an older mlrpl), so "
+                             f"it cannot be verified that it was tuned for {checkpoint_path}; "
+                             f"used; run {retune} to tune and record it again")
+                        return arr, f"tuned ({side.name}, unverified)"
+                    return arr, f"tuned ({side.name})"
             if isinstance(ckpt.get("thresholds"), dict):
-                table = ckpt["thresholds"]["thresholds"]
-                return np.array([float(table[k]) for k in classes]), "tuned (in the bundle)"
+                doc = ckpt["thresholds"]
+                other = doc.get("model_digest")
+                if isinstance(other, str) and other != this_digest():
+                    warn(f"{checkpoint_path}: the thresholds in the bundle were tuned for another "
+                         f"model ({doc.get('checkpoint') or '?'}, weights {other[:12]}; this "
+                         f"one: {this_digest()[:12]}); not used")
+                else:
+                    table = doc["thresholds"]
+                    return (np.array([float(table[k]) for k in classes]),
+                            "tuned (in the bundle)")
             if spec == "tuned":
                 raise MlrplError(f"{checkpoint_path}: no tuned thresholds ({side} not found); run "
-                                 f"mlrpl tune-thresholds --checkpoint {checkpoint_path}")
+                                 f"{retune}")
         learned = learned_thresholds(model.method)
         if learned is not None:
             return learned, f"learned ({model.method.name})"
         if spec in ("model", "learned"):
             raise MlrplError(f"{checkpoint_path}: the model has no thresholds of its own (run "
-                             f"mlrpl tune-thresholds --checkpoint {checkpoint_path}, or give a "
-                             f"number or a file)")
+                             f"{retune}, or give a number or a file)")
         return np.full(c, float(default)), f"{default:g} (default)"
-    return read_thresholds(spec, classes)[0], f"file {spec}"
+    arr = read_thresholds(spec, classes)[0]
+    if Path(spec).suffix != ".npy":
+        rec = thresholds_record(spec)
+        other = rec["model_digest"]
+        if other is not None and other != this_digest():
+            warn(f"{spec}: tuned for another model ({rec['checkpoint'] or '?'}, weights "
+                 f"{other[:12]}) than {checkpoint_path} (weights {this_digest()[:12]}); used "
+                 f"as given")
+        elif other is None and rec["tuned"]:
+            warn(f"{spec}: records no model digest (written by an older mlrpl), so it cannot "
+                 f"be verified that it was tuned for {checkpoint_path}; used as given")
+    return arr, f"file {spec}"
 
 
 # ---- the inference module -------------------------------------------------------------------
@@ -112,18 +185,38 @@ class InferenceModel(nn.Module):
 
 
 # ---- images ---------------------------------------------------------------------------------
-def expand_inputs(inputs, recursive: bool = True) -> list[Path]:
-    """Image files from paths and folders (folders: the image files under them, sorted). A path
-    that does not exist, or a folder without images, is an error naming it."""
+def expand_inputs(inputs, recursive: bool = True, skipped: list | None = None) -> list[Path]:
+    """Image files from paths and folders, in the order given.
+
+    * a file named explicitly is always taken, whatever its suffix (an unreadable one is
+      reported when it is decoded);
+    * a folder is walked recursively (sub-folders too; symbolic links to folders are not
+      followed), and a file under it is taken when its suffix, in any case (``.JPG`` too), is one
+      of :data:`IMAGE_SUFFIXES`; the files of a folder come sorted by path;
+    * under a folder, hidden files and folders (a name starting with ``.``, such as macOS
+      ``._photo.jpg`` companions) and files with another suffix are skipped: ``(path, "hidden"
+      | "not an image")`` is appended to `skipped` when a list is given
+      (see :func:`skipped_summary`).
+
+    A path that does not exist, or a folder without images, is an error naming it."""
     out: list[Path] = []
     for x in inputs:
         p = Path(x)
         if p.is_dir():
-            found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir())
-                           if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            found = []
+            walk = p.rglob("*") if recursive else p.iterdir()
+            for q in sorted(walk):
+                if not q.is_file():
+                    continue
+                hidden = any(part.startswith(".") for part in q.relative_to(p).parts)
+                if hidden or q.suffix.lower() not in IMAGE_SUFFIXES:
+                    if skipped is not None:
+                        skipped.append((q, "hidden" if hidden else "not an image"))
+                    continue
+                found.append(q)
             if not found:
-                raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder",
-                                path=p)
+                raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}, in any case) in "
+                                f"this folder or its sub-folders", path=p)
             out += found
         elif p.is_file():
             out.append(p)
@@ -134,6 +227,26 @@ def expand_inputs(inputs, recursive: bool = True) -> list[Path]:
     return out
 
 
+def skipped_summary(skipped, show: int = 3) -> str | None:
+    """One line about the files a folder walk left out (the `skipped` of :func:`expand_inputs`),
+    or None when there were none, e.g. ``skipped 3 files that are not images (.json, .txt):
+    imgs/a.txt, imgs/b.json, imgs/c.txt``."""
+    if not skipped:
+        return None
+    n = len(skipped)
+    other = [q for q, why in skipped if why != "hidden"]
+    kinds = sorted({q.suffix.lower() or "no suffix" for q in other})
+    what = []
+    if other:
+        listed = ", ".join(kinds[:6]) + (", ..." if len(kinds) > 6 else "")
+        what.append(f"not {'images' if n != 1 else 'an image'} ({listed})")
+    if len(other) < n:
+        what.append("hidden (a name starting with '.')")
+    names = ", ".join(str(q) for q, _ in skipped[:show]) + (", ..." if n > show else "")
+    return (f"skipped {n} file{'s' if n != 1 else ''} under the folders given that "
+            f"{'are' if n != 1 else 'is'} {' or '.join(what)}: {names}")
+
+
 class _Images(Dataset):
     def __init__(self, items, transform):
         self.items, self.transform = items, transform
@@ -142,14 +255,22 @@ class _Images(Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from mlrpl.data.dataset import load_image
+        from PIL import Image
+
+        from mlrpl.data.dataset import load_image, to_rgb, upright
         x = self.items[i]
         try:
             if isinstance(x, torch.Tensor):
-                t = x.float()
-            else:
-                img = x.convert("RGB") if hasattr(x, "convert") else load_image(x)
+                t = x                           # checked by _as_items: preprocessed, finite
+            elif isinstance(x, Image.Image):
+                try:
+                    img = to_rgb(upright(x))    # the same rules as an image file's
+                except (OSError, ValueError, SyntaxError, EOFError) as e:
+                    raise DataError(f"input {i}: unreadable image ({type(e).__name__}: "
+                                    f"{e})") from None
                 t = self.transform(img)
+            else:
+                t = self.transform(load_image(x))
             return t, "", i
         except DataError as e:
             return None, str(e), i
@@ -179,7 +300,7 @@ class Predictor:
     """
 
     def __init__(self, model, ckpt: dict, cfg, checkpoint_path, thresholds="auto",
-                 device="cpu"):
+                 device="cpu", warn=None):
         self.model = model
         self.ckpt = ckpt
         self.cfg = cfg
@@ -189,13 +310,60 @@ class Predictor:
         self.image_size = int(cfg.data.image_size)
         self.transform = model.backbone.transform(False, self.image_size)
         self.net = InferenceModel(model).eval()
-        self.thresholds, self.thresholds_source = resolve_thresholds(thresholds, self.path, ckpt,
-                                                                     model)
+        self.warn = warn or python_warning
+        self._digest: str | None = None
+        self.thresholds, self.thresholds_source = resolve_thresholds(
+            thresholds, self.path, ckpt, model, warn=self.warn, digest=lambda: self.model_digest)
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", thresholds="auto", backbone_weights=None):
+    def from_checkpoint(cls, path, device="cpu", thresholds="auto", backbone_weights=None,
+                        warn=None):
+        """``warn``: called with each one-line warning (thresholds tuned for another model...);
+        by default a Python :class:`DeployWarning`."""
         model, ckpt, cfg = open_checkpoint(path, device, backbone_weights)
-        return cls(model, ckpt, cfg, path, thresholds, device)
+        return cls(model, ckpt, cfg, path, thresholds, device, warn)
+
+    @property
+    def model_digest(self) -> str:
+        """sha256 of the model's weights (:func:`mlrpl.thresholds.model_digest`), the identity
+        tuned thresholds record."""
+        if self._digest is None:
+            from mlrpl.thresholds import model_digest
+            self._digest = model_digest(self.model)
+        return self._digest
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether the model adds a class prior to its logits (``model.prior``)."""
+        return getattr(self.model, "prior", None) is not None
+
+    @property
+    def thresholds_are_default(self) -> bool:
+        """True when no tuned, learned or given threshold was found: every class uses 0.5."""
+        return self.thresholds_source.endswith("(default)")
+
+    def threshold_advice(self, probs, what: str = "images") -> str | None:
+        """One warning line when the thresholds are the default 0.5 although the model needs
+        tuned ones: it adds a class prior (``model.prior``), or fewer than half of the images
+        scored (`probs`, (N, C), NaN rows ignored) pass any threshold. None otherwise."""
+        if not self.thresholds_are_default:
+            return None
+        probs = np.asarray(probs, dtype=np.float64)
+        probs = probs[~np.isnan(probs).any(axis=1)] if probs.ndim == 2 else probs[:0]
+        if not len(probs):
+            return None
+        n = len(probs)
+        passed = probs >= self.thresholds
+        k = int((~passed.any(axis=1)).sum())
+        if not self.has_prior and 2 * k <= n:
+            return None
+        every = int(passed.all(axis=1).sum())
+        why = ("; a model with a class prior (model.prior) needs tuned thresholds: the prior "
+               "shifts its probabilities away from 0.5" if self.has_prior else "")
+        return (f"{self.path} has no tuned thresholds, so every class uses the default "
+                f"{float(self.thresholds[0]):g}: {k} of {n} {what} got no label and {every} "
+                f"got every label{why}; tune them on labelled data: mlrpl tune-thresholds "
+                f"--checkpoint {self.path}")
 
     @property
     def preprocess(self) -> dict:
@@ -206,18 +374,17 @@ class Predictor:
     @torch.no_grad()
     def predict_proba(self, inputs, batch_size: int = 32, show_progress=None,
                       on_error: str = "raise"):
-        """Probabilities (N, C) for images given as paths, PIL images or tensors.
-
-        A tensor is an already preprocessed image (3, S, S) or batch (B, 3, S, S). With
-        ``on_error="skip"`` unreadable images get NaN rows; their errors are returned as a
-        second value ``{index: message}``."""
+        """Probabilities (N, C) for images given as paths, PIL images, uint8 arrays or tensors
+        (see :data:`INPUTS_DOC`: all but a preprocessed float tensor (3, S, S) go through the
+        same decoding and preprocessing as an image file). With ``on_error="skip"`` unreadable
+        images get NaN rows; their errors are returned as a second value ``{index: message}``."""
         from mlrpl.progress import progress
-        items = _as_items(inputs)
+        items = _as_items(inputs, self.image_size)
         loader = DataLoader(_Images(items, self.transform), batch_size=batch_size,
                             collate_fn=_collate)
         out = np.full((len(items), len(self.classes)), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
-        for imgs, errs, idx in progress(loader, desc="predicting", enable=show_progress):
+        for imgs, errs, idx in progress(loader, desc="predicting", enable=show_progress, log=False):
             for e, i in zip(errs, idx.tolist()):
                 if e:
                     if on_error == "raise":
@@ -260,8 +427,9 @@ class Predictor:
 
         Parameters
         ----------
-        inputs : a path, PIL image or tensor, or a list of them (a tensor (B, 3, S, S) counts
-            as B images, preprocessed).
+        inputs : a path, PIL image, uint8 array (H, W, 3), uint8 tensor (3, H, W) as
+            ``torchvision.io.read_image`` gives it, or preprocessed float tensor (3, S, S), or a
+            list of them (see :data:`INPUTS_DOC`).
         thresholds : None (the predictor's), a number, (C,) values, or a file.
         topk : keep at most the `topk` highest-scored classes that pass their threshold.
 
@@ -270,7 +438,8 @@ class Predictor:
         list of dicts ``{"labels": [names], "probabilities": {class: p}}``.
         """
         thr = self.thresholds if thresholds is None else \
-            resolve_thresholds(thresholds, self.path, self.ckpt, self.model)[0]
+            resolve_thresholds(thresholds, self.path, self.ckpt, self.model, warn=self.warn,
+                               digest=lambda: self.model_digest)[0]
         probs = self.predict_proba(inputs, batch_size=batch_size)
         return [{"labels": decide(p, thr, self.classes, topk),
                  "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
@@ -327,23 +496,108 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def _as_items(inputs) -> list:
-    if isinstance(inputs, (str, Path)) or hasattr(inputs, "convert"):
-        return [inputs]
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() == 3:
-            return [inputs]
-        if inputs.dim() == 4:
-            return list(inputs)
-        raise MlrplError(f"an image tensor must be (3, S, S) or (B, 3, S, S), got "
-                         f"{tuple(inputs.shape)}")
-    items = []
-    for x in inputs:
-        if isinstance(x, torch.Tensor) and x.dim() == 4:
-            items += list(x)
-        else:
-            items.append(x)
-    return items
+INPUTS_DOC = """Accepted inputs (one, or a list of them):
+
+* a path to an image file (``str`` or ``Path``);
+* a PIL image;
+* a numpy ``uint8`` array (H, W, 3) RGB, as ``numpy.asarray(PIL image)`` gives it (OpenCV's
+  BGR arrays need ``[..., ::-1]``), or (H, W) grayscale, (H, W, 4) RGBA; a 4-d array
+  (B, H, W, 3) counts as B images;
+* a torch ``uint8`` tensor (3, H, W) (or 1 or 4 channels), as
+  ``torchvision.io.read_image`` gives it; (B, 3, H, W) counts as B images;
+
+all of which are decoded by the same rules as an image file (alpha over white, grayscale to
+RGB) and preprocessed as an image file is (resized to S x S, normalised), so they give the
+same probabilities as the file; and
+
+* a torch float tensor (3, S, S) or (B, 3, S, S), taken as already preprocessed (resized and
+  normalised as ``.preprocess`` says); it must be finite.
+
+Anything else (a float numpy array, a float tensor of another size, NaN or infinite values, an
+integer tensor other than uint8) is an :class:`~mlrpl.errors.MlrplError` naming the shape and
+type expected."""
+
+
+def _as_items(inputs, size: int) -> list:
+    """The inputs as a list of paths, PIL images and preprocessed float tensors (3, S, S) (see
+    :data:`INPUTS_DOC`); an input of another kind is an error naming its position."""
+    from PIL import Image
+    if isinstance(inputs, (str, Path, Image.Image)):
+        raw = [inputs]
+    elif isinstance(inputs, (torch.Tensor, np.ndarray)):
+        raw = _split_batch(inputs, 0)
+    else:
+        try:
+            seq = list(inputs)
+        except TypeError:
+            raise MlrplError(_bad_input(0, inputs, size)) from None
+        raw = []
+        for x in seq:
+            if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 4:
+                raw += _split_batch(x, len(raw))
+            else:
+                raw.append(x)
+    if not raw:
+        raise MlrplError("no image given to predict")
+    return [_as_item(x, i, size) for i, x in enumerate(raw)]
+
+
+def _split_batch(x, start: int) -> list:
+    if x.ndim == 4:
+        return list(x)
+    if x.ndim in (2, 3):
+        return [x]
+    raise MlrplError(_bad_input(start, x, None))
+
+
+def _as_item(x, i: int, size: int):
+    from PIL import Image
+    if isinstance(x, (str, Path, Image.Image)):
+        return x
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.uint8:
+            if x.ndim == 3 and x.shape[0] in (1, 3, 4):
+                return _pil_from_hwc(x.permute(1, 2, 0).cpu().numpy(), i)
+            raise MlrplError(_bad_input(i, x, size))
+        if x.is_floating_point():
+            if tuple(x.shape) != (3, size, size):
+                raise MlrplError(_bad_input(i, x, size))
+            t = x.detach().to("cpu", torch.float32)
+            if not bool(torch.isfinite(t).all()):
+                raise MlrplError(f"predict input {i}: the preprocessed image tensor holds NaN or "
+                                 f"infinite values; expected finite values normalised as "
+                                 f".preprocess says")
+            return t
+        raise MlrplError(_bad_input(i, x, size))
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.uint8 and (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4))):
+            return _pil_from_hwc(x, i)
+        raise MlrplError(_bad_input(i, x, size))
+    raise MlrplError(_bad_input(i, x, size))
+
+
+def _pil_from_hwc(a: np.ndarray, i: int):
+    from PIL import Image
+    a = np.ascontiguousarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if min(a.shape[:2]) < 1:
+        raise MlrplError(f"predict input {i}: an empty image ({a.shape[0]} x {a.shape[1]})")
+    mode = "L" if a.ndim == 2 else "RGBA" if a.shape[2] == 4 else "RGB"
+    return Image.fromarray(a, mode)
+
+
+def _bad_input(i: int, x, size: int | None) -> str:
+    s = f"{size}" if size else "S"
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        kind = "tensor" if isinstance(x, torch.Tensor) else "numpy array"
+        got = f"a {kind} of shape {tuple(x.shape)} and dtype {str(x.dtype).replace('torch.', '')}"
+    else:
+        got = f"a {type(x).__name__}"
+    return (f"predict input {i}: {got} is not an image this model reads; expected an image "
+            f"file path, a PIL image, a uint8 array (H, W, 3) RGB, a uint8 tensor (3, H, W) "
+            f"as torchvision.io.read_image gives it, or a preprocessed float tensor "
+            f"(3, {s}, {s}) (batches: one more leading axis)")
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray, classes: list[str],

@@ -21,7 +21,7 @@ config differs from the sweep's (other than paths, devices and ``train.stop_afte
 touched: it is reported failed, naming the keys, until its directory is removed. A finished or
 resumable run whose method's code changed since it was made (``run.json``'s ``method_code`` is
 not :func:`mlrpl.methods.method_code_digest`, or is missing) is trained again, its directory
-moved aside to ``<run>.stale-<n>``, unless the sweep is told ``--reuse-stale``. A run that raises
+moved aside to ``<run>.stale-<time>``, unless the sweep is told ``--reuse-stale``. A run that raises
 is reported (``<run>/error.txt``, the sweep log, ``results.csv``) and the others go on; the exit
 status is 1 when any run failed.
 
@@ -61,11 +61,6 @@ LOG_FILE = "sweep.log"
 
 # Config keys that may differ between a finished run and the sweep asking for it again without
 # changing the experiment (paths, devices, progress, the per-invocation epoch budget).
-_DRIFT_IGNORED = ("run.", "train.stop_after_epochs", "train.device", "train.threads",
-                  "train.progress", "train.tensorboard", "data.num_workers", "data.root",
-                  "model.cache_dir")
-
-
 # ---- run configs --------------------------------------------------------------------------------
 def _base_dict(spec: SweepSpec) -> dict:
     if spec.base_config is None:
@@ -92,32 +87,12 @@ def run_config(spec: SweepSpec, run: RunSpec, base: dict | None = None, extra=()
     return load_config(None, overrides, base=base)
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_drift(saved: dict, new: dict) -> list[str]:
-    """Keys whose value differs between a run's saved config and the sweep's config for it.
-
-    A key the saved config lacks is not drift: it was added to the schema after the run was made,
-    and a new key's default keeps the earlier behaviour. A key the new config lacks is."""
-    a, b = _flat(saved), _flat(new)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if not k.startswith(_DRIFT_IGNORED) and k in a
-            and a.get(k) != b.get(k)]
-
-
 def run_state(run_dir: Path, epochs: int) -> str:
     """``finished`` | ``resume`` (a last.pt to continue) | ``restart`` (a directory without
     last.pt) | ``new``."""
     try:
-        if int(rundir.read_json(run_dir / rundir.METRICS).get("epochs", -1)) == int(epochs):
+        metrics = rundir.read_json(run_dir / rundir.METRICS)
+        if int(metrics.get("epochs", -1)) == int(epochs) or metrics.get("stopped_early"):
             return "finished"
     except (TypeError, ValueError):
         pass
@@ -139,13 +114,9 @@ def stale_reason(run_dir: Path, method_name: str) -> str | None:
 
 
 def set_aside(run_dir: Path) -> Path:
-    """Move a run directory to ``<run>.stale-<n>`` (never deleted); returns the new path."""
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
-        n += 1
-    aside = run_dir.with_name(f"{run_dir.name}.stale-{n}")
-    run_dir.rename(aside)
-    return aside
+    """Move a run directory to ``<run>.stale-<time>`` (never deleted); returns the new path."""
+    from mlrpl.files import move_aside
+    return move_aside(run_dir, "stale")
 
 
 # ---- the log and the process group-free coordination ------------------------------------------
@@ -237,7 +208,7 @@ def _drift_error(run_dir: Path, cfg) -> MlrplError | None:
     """The error of an existing run made with another configuration (None when it is not)."""
     from mlrpl.config import resolved
     saved = rundir.read_config(run_dir)
-    drift = config_drift(saved, resolved(cfg)) if saved else []
+    drift = rundir.config_drift(saved, resolved(cfg)) if saved else []
     if not drift:
         return None
     return MlrplError(
@@ -248,10 +219,29 @@ def _drift_error(run_dir: Path, cfg) -> MlrplError | None:
 
 def execute_run(spec: SweepSpec, run: RunSpec, cfg, log: SweepLog, rank: int = 0,
                 reuse_stale: bool = False) -> dict:
-    """Train (or skip, resume, restart, redo) one run; never raises for the run's own failures."""
+    """Train (or skip, resume, restart, redo) one run; never raises for the run's own failures.
+
+    The run's directory is locked while it is handled: a run in use by another process (another
+    sweep over the same folder, a ``mlrpl train`` by hand) is reported as failed, untouched."""
     run_dir = run.dir(spec.out)
     if isinstance(cfg, Exception):  # the config itself was rejected
         return _fail(run_dir, run, "config", cfg, 0.0, log, rank)
+    lock = rundir.RunLock(run_dir)
+    try:
+        lock.acquire()
+    except MlrplError as e:
+        log(f"busy    {run.name}: {e}")
+        return {"name": run.name, "method": run.method, "method_name": run.method_name,
+                "p": run.p, "seed": run.seed, "status": "failed", "action": "busy",
+                "error": str(e), "wall_s": 0.0, "rank": rank}  # nothing written in its folder
+    try:
+        return _execute_locked(run_dir, spec, run, cfg, log, rank, reuse_stale)
+    finally:
+        lock.release()
+
+
+def _execute_locked(run_dir: Path, spec: SweepSpec, run: RunSpec, cfg, log: SweepLog, rank: int,
+                    reuse_stale: bool) -> dict:
     epochs = int(cfg.train.epochs)
     state = run_state(run_dir, epochs)
     if state in ("finished", "resume"):
@@ -354,7 +344,7 @@ def _trained(run_dir: Path, run: RunSpec, trainer, result: dict, action: str, wa
     best = result.get("best") or {}
     log(f"{status:<7} {run.name} in {wall:.1f} s: {result['epochs']}/{epochs} epochs, last "
         f"mAP {last.get('mAP', float('nan')):.2f}, best {best.get('mAP', float('nan')):.2f} "
-        f"at epoch {int(result['best_epoch']) + 1}")
+        f"at epoch {result['best_epoch']}")
     return rec
 
 

@@ -181,10 +181,8 @@ def _read(path, data) -> tuple[Path | None, Any]:
     sweep_file = Path(path)
     if not sweep_file.is_file():
         raise ConfigError(f"{sweep_file}: sweep config not found")
-    try:
-        return sweep_file, yaml.safe_load(sweep_file.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{sweep_file}: not valid YAML ({e})") from None
+    from mlrpl.config import read_yaml
+    return sweep_file, read_yaml(sweep_file, "a sweep config (a YAML mapping)")
 
 
 def _find_config(path: str, sweep_file: Path | None) -> Path:

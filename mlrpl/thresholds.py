@@ -7,6 +7,12 @@ over all known entries of all classes pooled (the overall F1, OF1). Thresholds a
 JSON beside the checkpoint (``best.pt`` -> ``best.thresholds.json``) and read back by
 ``mlrpl predict``, ``mlrpl export``, ``mlrpl eval --thresholds`` and :func:`mlrpl.load`.
 
+The file records the model it was tuned for: ``model_digest``, a sha256 of the model's weights
+(every tensor of the opened model, the backbone included: the same for a checkpoint and for the
+bundle made from it, see :func:`model_digest`). Thresholds found beside a checkpoint that were
+tuned for another model are not used (a warning says so); a file given explicitly is used with
+a warning naming both models.
+
 >>> import numpy as np
 >>> probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.1], [0.8, 0.4]])
 >>> labels = np.array([[1, -1], [1, 1], [-1, 0], [-1, 1]], dtype=np.int8)  # 0: unknown
@@ -16,8 +22,8 @@ JSON beside the checkpoint (``best.pt`` -> ``best.thresholds.json``) and read ba
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -106,59 +112,67 @@ def sidecar_path(checkpoint) -> Path:
     return p.with_name(p.stem + SUFFIX)
 
 
-def write_thresholds(path, classes: list[str], result: dict, meta: dict) -> Path:
+def model_digest(model) -> str:
+    """sha256 of a model's weights: the names, shapes, dtypes and values of every tensor of its
+    ``state_dict()`` (backbone, method, prior), on the CPU. A checkpoint and the bundle made from
+    it give the same digest; another training run, epoch or fine-tuning gives another."""
+    import torch
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def thresholds_record(path) -> dict:
+    """What a JSON thresholds file says about the model it was tuned for: ``model_digest`` (None
+    when it records none), ``checkpoint`` and whether it was written by ``tune-thresholds``
+    (``tuned``). A file that is not a readable JSON object gives an empty record."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"model_digest": None, "checkpoint": None, "tuned": False}
+    if not isinstance(doc, dict):
+        return {"model_digest": None, "checkpoint": None, "tuned": False}
+    digest = doc.get("model_digest")
+    return {"model_digest": digest if isinstance(digest, str) else None,
+            "checkpoint": doc.get("checkpoint"),
+            "tuned": doc.get("source") == "tuned" or "per_class" in doc}
+
+
+def write_thresholds(path, classes: list[str], result: dict, meta: dict,
+                     keep_old: bool = False) -> Path:
     """Write the tuned thresholds as JSON (atomically): ``{"thresholds": {class: t}, ...}``."""
+    from mlrpl.files import atomic_write_text
     path = Path(path)
     doc = {"source": "tuned", **meta,
            "global_threshold": round(float(result["global_threshold"]), 6),
            "thresholds": {c: round(float(t), 6) for c, t in zip(classes, result["thresholds"])},
            "per_class": result["per_class"]}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=1), keep_old=keep_old)
 
 
 def read_thresholds(path, classes: list[str]) -> tuple[np.ndarray, str]:
-    """Per-class thresholds from a JSON ``{class: t}`` / ``{"thresholds": {...}}`` or a .npy (C,).
-
-    The classes must be those of the model: a missing or extra class is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise MlrplError(f"{path}: thresholds file not found")
-    if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
-        if arr.shape[0] != len(classes):
-            raise MlrplError(f"{path}: {arr.shape[0]} thresholds for {len(classes)} classes")
-        return _check_range(arr, path), "file"
-    try:
-        doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MlrplError(f"{path}: not a JSON thresholds file ({e})") from None
-    table = doc.get("thresholds", doc) if isinstance(doc, dict) else None
-    if not isinstance(table, dict):
-        raise MlrplError(f"{path}: expected {{class: threshold}} or {{\"thresholds\": {{...}}}}")
-    missing = [c for c in classes if c not in table]
-    extra = [c for c in table if c not in classes]
-    if missing or extra:
-        raise MlrplError(f"{path}: its classes differ from the model's: missing {missing[:5]}, "
-                         f"not in the model {extra[:5]}")
-    try:
-        arr = np.array([float(table[c]) for c in classes])
-    except (TypeError, ValueError):
-        raise MlrplError(f"{path}: thresholds must be numbers") from None
-    return _check_range(arr, path), str(doc.get("source", "file"))
-
-
-def _check_range(arr: np.ndarray, path) -> np.ndarray:
-    bad = ~((arr > 0) & (arr < 1))
-    if bad.any():
-        raise MlrplError(f"{path}: threshold {arr[bad][0]!r} is not a probability in (0, 1)")
-    return arr
+    """Per-class thresholds from a JSON ``{class: t}`` / ``{"thresholds": {...}}`` or a .npy (C,),
+    and where they came from (the file's ``source``, else ``file``). The classes must be those
+    of the model; every value a probability in [0, 1] (one reader:
+    :func:`mlrpl.engine.evaluate.load_thresholds`)."""
+    from mlrpl.engine.evaluate import load_thresholds
+    arr = load_thresholds(path, classes)
+    source = "file"
+    if Path(path).suffix == ".json":
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and isinstance(doc.get("source"), str):
+            source = doc["source"]
+    return arr, source
 
 
 def tune_checkpoint(checkpoint, split: str | None = None, overrides=(), min_positives: int = 5,
-                    out=None, backbone_weights=None, show_progress=None) -> dict:
+                    out=None, backbone_weights=None, show_progress=None,
+                    force: bool = False) -> dict:
     """Tune a checkpoint's thresholds on its evaluation split (or `split`) and write them.
 
     Returns a dict: ``path`` (the JSON written), ``classes``, ``result`` (see
@@ -166,16 +180,20 @@ def tune_checkpoint(checkpoint, split: str | None = None, overrides=(), min_posi
     at the tuned thresholds, on the same split: optimistic), ``num_images``, ``dataset``."""
     from mlrpl.engine.evaluate import score, split_scores
     from mlrpl.engine.experiment import open_checkpoint
-    model, ckpt, cfg = open_checkpoint(checkpoint, "cpu", backbone_weights, overrides=overrides)
+    model, ckpt, cfg = open_checkpoint(checkpoint, "cpu", backbone_weights, overrides=overrides,
+                                       find_data=True)
+    digest = model_digest(model)        # the weights as saved, before any forward pass
     ls, logits = split_scores(model, cfg, ckpt["classes"], split, "cpu", show_progress,
                               source=checkpoint)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     result = tune_thresholds(probs, ls.labels, min_positives, list(ls.classes))
     path = Path(out) if out is not None else sidecar_path(checkpoint)
-    meta = {"checkpoint": str(checkpoint), "split": ls.source, "num_images": len(ls),
+    meta = {"checkpoint": str(checkpoint), "model_digest": digest,
+            "split": ls.source, "num_images": len(ls),
             "min_positives": int(min_positives), "criterion": "F1 on known entries"}
-    write_thresholds(path, list(ls.classes), result, meta)
+    write_thresholds(path, list(ls.classes), result, meta, keep_old=force)
     return {"path": path, "classes": list(ls.classes), "result": result,
+            "model_digest": meta["model_digest"],
             "metrics_default": score(logits, ls.labels, 0.5, ls.classes),
             "metrics_tuned": score(logits, ls.labels, result["thresholds"], ls.classes),
             "num_images": len(ls), "dataset": ls.source}

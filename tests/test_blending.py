@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+from mlrpl.losses import soft_partial_bce
 from mlrpl.methods.components.blending import (BlendStats, draw_classes, instance_blend,
-                                                instance_selection, prototype_blend)
+                                                instance_selection, prototype_blend,
+                                                unit_interval)
 from mlrpl.methods.components.quadrant_prototypes import (peak_quadrant, pprb_map_form,
                                                           quadrant_means)
 from tests.test_anatomy import context
@@ -151,6 +153,81 @@ def test_terms_schedule_and_coefficients(name):
     m.update_state(out, b1)
     assert m.alpha.item() == 1.0 and m.beta.item() == 0.0
     assert {"alpha", "beta"} <= {k.split(".")[-1] for k in m.state_dict()}
+
+
+# ---- α, β on the bounds of [0, 1] (as released) ---------------------------------------------
+def test_unit_interval_value_and_gradient():
+    for v in (0.0, 1.0, 1.3, -0.2, 0.5, 0.123456789, 1 - 2 ** -24):
+        p = torch.tensor(v, requires_grad=True)
+        got = unit_interval(p)
+        assert torch.equal(got.detach(), p.detach().clamp(0, 1))
+        (3 * got).backward()
+        assert p.grad.item() == 3.0                     # straight through, on the bounds too
+        if 0 <= v <= 1:                                 # inside: the parameter bit for bit
+            assert torch.equal(got.detach(), p.detach())
+    # what a plain torch.clamp would do on the bound: no gradient at all
+    p = torch.tensor(1.0, requires_grad=True)
+    (3 * p.clamp(0, 1)).backward()
+    assert p.grad.item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["sarb", "dsrb"])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (0.0, 1.0)])
+def test_coefficients_on_the_bound_keep_gradient_and_drop_zero_targets(name, alpha, beta):
+    """With α (β) exactly on 0 or 1, as the in-place clamp leaves it: (a) the gradient reaches it
+    (the release clamped ``.data``, so its coefficient kept its gradient; torch.clamp passes
+    none), (b) a blended entry whose soft target is exactly 0 is left out of the loss (the
+    released loss drops a 0 target) and one whose soft target is 1 is counted."""
+    m = method(name)
+    with torch.no_grad():
+        m.alpha.fill_(alpha)
+        m.beta.fill_(beta)
+    target = [[0, 1, -1, 0], [1, 0, 1, -1], [1, -1, 0, 1]]
+    torch.manual_seed(0)
+    b = batch_of(target, epoch=1)
+    out = m(b["features"], b)
+    known = b["target"] != 0
+    for module, coef in (("instance", alpha), ("prototype", beta)):
+        sel, soft, weight = out[f"blend_{module}"], out[f"soft_{module}"], out[f"weight_{module}"]
+        assert sel.any()
+        assert torch.equal(soft[sel], torch.full_like(soft[sel], 1 - coef))
+        if coef == 1.0:     # (b) target 0: dropped, only the known entries count
+            assert torch.equal(weight, known)
+        else:               # target 1: counted as a positive
+            assert torch.equal(weight, known | sel)
+    terms = m.loss(out, b, 1)
+    # the loss is the soft BCE over exactly those entries (the dropped ones change nothing)
+    for module, coef in (("instance", alpha), ("prototype", beta)):
+        sel = out[f"blend_{module}"]
+        counted = known | (sel if coef == 0.0 else torch.zeros_like(sel))
+        want = soft_partial_bce(out[f"logits_{module}"], out[f"soft_{module}"], counted)
+        assert terms[f"blend_{module}"].item() == pytest.approx(want.item(), abs=1e-7)
+        if coef == 1.0:     # counting the 0 targets as negatives would give another number
+            as_negative = soft_partial_bce(out[f"logits_{module}"], out[f"soft_{module}"],
+                                           known | sel)
+            assert as_negative.item() != pytest.approx(want.item(), abs=1e-6)
+    # (a) the gradient reaches both coefficients on their bounds
+    sum(terms.values()).backward()
+    assert m.alpha.grad is not None and m.alpha.grad.abs().item() > 0
+    assert m.beta.grad is not None and m.beta.grad.abs().item() > 0
+    # ... where a plain torch.clamp in the forward would have passed none
+    m.zero_grad(set_to_none=True)
+    m.coefficients = lambda: (m.alpha.clamp(0, 1), m.beta.clamp(0, 1))
+    torch.manual_seed(0)
+    out = m(b["features"], b)
+    sum(m.loss(out, b, 1).values()).backward()
+    assert m.alpha.grad.item() == 0.0 and m.beta.grad.item() == 0.0
+
+
+def test_coefficients_inside_the_unit_interval_are_the_parameters():
+    m = method("sarb")
+    with torch.no_grad():
+        m.alpha.fill_(0.3)
+        m.beta.fill_(0.8)
+    a, bt = m.coefficients()
+    assert torch.equal(a.detach(), m.alpha.detach()) and torch.equal(bt.detach(), m.beta.detach())
+    (2 * a + 5 * bt).backward()
+    assert m.alpha.grad.item() == 2.0 and m.beta.grad.item() == 5.0
 
 
 def test_sarb_draws_one_k_per_step_and_respects_fewer_prototypes():

@@ -97,10 +97,15 @@ def test_metrics_verb(tmp_path, capsys):
     from sklearn.metrics import average_precision_score
     ref = np.mean([average_precision_score(labels[:, c] == 1, scores[:, c]) for c in range(4)])
     assert abs(out["ap_sklearn"] - 100 * ref) < 1e-4
-    # the same labels in the ASL encoding, which is ambiguous and must be named
+    # the same labels in the ASL encoding: 1/0 is read as positive/negative
     np.save(tmp_path / "asl.npy", np.where(labels == 1, 1, 0))
     assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
-                 str(tmp_path / "asl.npy"), "--json"]) == 2
+                 str(tmp_path / "asl.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == out
+    # 1/0/-1 is ambiguous (which of 0 and -1 is unknown?) and must be named
+    np.save(tmp_path / "amb.npy", np.where(labels == 1, 1, 0) - (np.arange(labels.shape[1]) == 0))
+    assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
+                 str(tmp_path / "amb.npy"), "--json"]) == 2
     assert "ambiguous" in capsys.readouterr().err
     assert main(["metrics", "--scores", str(tmp_path / "s.npy"), "--labels",
                  str(tmp_path / "asl.npy"), "--encoding", "asl", "--json"]) == 0

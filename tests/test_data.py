@@ -28,8 +28,9 @@ def test_encoding_rejects_values_and_names():
     with pytest.raises(DataError, match="unknown label encoding"):
         to_internal(np.array([[1]]), "xyz")
     assert infer_encoding(np.array([[1, -1]])) == "hcp"
+    assert infer_encoding(np.array([[1, 0]])) == "asl"     # fully labelled: 0 is the negative
     with pytest.raises(DataError, match="ambiguous"):
-        infer_encoding(np.array([[1, 0]]))
+        infer_encoding(np.array([[1, 0, -1]]))
 
 
 # ---- VOC --------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_train_run_directory_and_checkpoint(shapes, cache_dir, tmp_path):
                  "mask.provenance.json", "metrics.json"):
         assert (run / name).is_file(), name
     r = rows(run)
-    assert [int(x["epoch"]) for x in r] == [0, 1]
+    assert [int(x["epoch"]) for x in r] == [1, 2]  # counted from 1, as the console does
     for key in ("loss_bce", "mAP", "ap_rank", "CF1", "OF1_top3", "lr", "eval_images"):
         assert key in r[0]
     assert int(r[0]["eval_images"]) == 24

@@ -219,7 +219,9 @@ def test_save_scores_with_force_replaces_atomically(trained, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--save-scores",
                  str(tmp_path / "s.npy"), "--force", "--json"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (12, 4)
-    assert [p.name for p in tmp_path.iterdir()] == ["s.npy"]
+    [aside] = tmp_path.glob("s.npy.replaced-*")  # a replaced file is moved aside, never deleted
+    assert aside.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ids.txt", "s.npy", aside.name]
 
 
 @pytest.mark.parametrize("text, expected", [

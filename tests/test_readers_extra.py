@@ -264,7 +264,7 @@ def test_csv_dense_unambiguous_without_encoding(tmp_path):
     assert ls.meta["encoding"] == "hcp"
 
 
-@pytest.mark.parametrize("rows", ["a.jpg,1,0\nb.jpg,0,1\n", "a.jpg,1,-1\nb.jpg,0,1\n"])
+@pytest.mark.parametrize("rows", ["a.jpg,1,-1\nb.jpg,0,1\n", "a.jpg,0,-1\nb.jpg,0,0\n"])
 def test_csv_dense_ambiguous(tmp_path, rows):
     f = write(tmp_path / "d.csv", "image,cat,dog\n" + rows)
     with pytest.raises(DataError, match="ambiguous.*encoding="):

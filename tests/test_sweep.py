@@ -346,7 +346,7 @@ def test_sweep_spread_over_two_processes(shapes, cache_dir, tmp_path):
 
 
 def test_config_drift_ignores_keys_added_to_the_schema_later():
-    from mlrpl.sweep import config_drift
+    from mlrpl.engine.rundir import config_drift
     saved = {"seed": 0, "method": {"name": "hst", "satl": {"bins": 50}}}
     assert config_drift(saved, {"seed": 0, "method": {"name": "hst", "satl": {
         "bins": 50, "positive_quantile": 0.1}}}) == []
@@ -387,7 +387,7 @@ def test_changed_method_code_redoes_a_finished_run(shapes, cache_dir, tmp_path, 
     log = _log_since(out, start)
     assert "redo    pbce_p0.3_s0: method code changed since this run" in log
     assert "start   pbce_p0.3_s0: redo" in log
-    aside = out / "runs/pbce_p0.3_s0.stale-1"
+    [aside] = (out / "runs").glob("pbce_p0.3_s0.stale-*")
     assert json.loads((aside / "run.json").read_text())["method_code"] == "0" * 16
     assert (aside / "last.pt").stat().st_mtime_ns == mtime
     assert json.loads((run / "run.json").read_text())["method_code"] == method_code_digest("pbce")
@@ -411,7 +411,8 @@ def test_recorded_runs_keep_their_configs():
     of each sweep; `config_drift` over all of them is part of a recipe change's review)."""
     from mlrpl.config import resolved
     from mlrpl.engine.rundir import read_config
-    from mlrpl.sweep import config_drift, load_sweep, run_config
+    from mlrpl.engine.rundir import config_drift
+    from mlrpl.sweep import load_sweep, run_config
     checked = 0
     for f in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
         spec = load_sweep(f)

@@ -99,11 +99,13 @@ def test_refuses_to_clobber(tmp_path):
     other = make_shapes_dataset(tmp_path / "other", seed=1, **SMALL)
     with pytest.raises(DataError, match="other parameters"):
         make_shapes_dataset(other, seed=2, **SMALL)
-    # overwrite=True replaces it.
+    # overwrite=True replaces it, the old folder moved aside (never deleted).
     root = make_shapes_dataset(foreign, overwrite=True, **SMALL)
     assert not (root / "notes.txt").exists()
     assert read_dataset("yolo", root, "train").labels.shape == (40, 8)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "other"]
+    [aside] = tmp_path.glob("mine.replaced-*")
+    assert (aside / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", aside.name, "other"]
 
 
 def test_empty_folder_and_file(tmp_path):

@@ -2,8 +2,10 @@
 
 Feature maps are computed once per (images, backbone, weights, transform) and stored in fp16 under
 a content hash: ``<cache_dir>/<hash>/features.npy`` (memory-mapped when read) and ``meta.json``.
-The hash covers the image files (path, size, modification time), the backbone's name, the exact
-weights (a digest of every tensor) and the transform, so a stale entry is never reused. An entry
+The hash covers the image files (path, size, modification time), the version of the image loader
+(``IMAGE_LOADER_VERSION``: how a file becomes pixels, EXIF orientation included), the backbone's
+name, the exact weights (a digest of every tensor) and the transform, so a stale entry is never
+reused. An entry
 is written in a temporary folder and renamed into place, so a killed run leaves no half entry.
 """
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mlrpl.data.dataset import load_image
+from mlrpl.data.dataset import IMAGE_LOADER_VERSION, load_image
 from mlrpl.errors import DataError
+from mlrpl.files import rename_into_place
 from mlrpl.progress import progress
 
 
@@ -39,7 +42,8 @@ def state_digest(module: torch.nn.Module) -> str:
 def cache_key(paths: list[str], backbone_name: str, weights_digest: str, transform) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"backbone": backbone_name, "weights": weights_digest,
-                         "transform": repr(transform), "n": len(paths)}).encode())
+                         "transform": repr(transform), "n": len(paths),
+                         "image_loader": IMAGE_LOADER_VERSION}).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -145,10 +149,11 @@ def cached_features(paths: list[str], backbone, transform, cache_dir, backbone_n
         with disk_errors(tmp / "meta.json"):
             (tmp / "meta.json").write_text(json.dumps({
                 "backbone": backbone_name, "weights_digest": digest,
-                "transform": repr(transform), "num_items": len(paths), "valid": valid.tolist(),
+                "transform": repr(transform), "image_loader": IMAGE_LOADER_VERSION,
+                "num_items": len(paths), "valid": valid.tolist(),
                 "bad_images": [p for p, v in zip(paths, valid) if not v]}, indent=1))
         try:
-            os.replace(tmp, entry)
+            rename_into_place(tmp, entry, raw_errors=True)
         except OSError:  # another process finished the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
     finally:

@@ -6,9 +6,11 @@ pseudo-label quality, never for training) and ``index`` (position in the split).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mlrpl.errors import DataError
@@ -54,12 +56,22 @@ def to_rgb(im: Image.Image, path=None) -> Image.Image:
                     path=path)
 
 
+# The version of what :func:`load_image` makes of a file; the feature cache keys on it, so an
+# entry computed by an earlier rule (before EXIF orientation was applied, say) is never reused.
+IMAGE_LOADER_VERSION = 2
+
+
 def load_image(path) -> Image.Image:
-    """Decode an image file to 8-bit RGB (see :func:`to_rgb`), or raise a DataError naming it."""
+    """Decode an image file to 8-bit RGB, upright, or raise a DataError naming it.
+
+    The EXIF orientation tag is applied first (``PIL.ImageOps.exif_transpose``, as torchvision
+    and timm users do), so a phone photo stored sideways with "rotate 90" in its EXIF is seen
+    upright by training, evaluation, the feature cache and predict alike; then :func:`to_rgb`.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return to_rgb(im, path)
+            return to_rgb(upright(im, path, in_place=True), path)
     except FileNotFoundError:
         raise DataError("image file not found", path=path) from None
     except Image.DecompressionBombError as e:
@@ -67,6 +79,27 @@ def load_image(path) -> Image.Image:
                         f"PIL.Image.MAX_IMAGE_PIXELS if it is genuine", path=path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"unreadable image ({type(e).__name__}: {e})", path=path) from None
+
+
+def upright(im: Image.Image, path=None, in_place: bool = False) -> Image.Image:
+    """`im` rotated / flipped as its EXIF orientation tag says, when `im` is an image as
+    ``Image.open`` returned it (it has a ``filename``); any other image is returned as it is: an
+    image made from another (rotated, resized, converted) keeps its file's tag but not the
+    orientation the tag describes, so applying the tag again would turn it twice."""
+    if not getattr(im, "filename", None):
+        return im
+    try:
+        if im.getexif().get(0x0112, 1) == 1:   # no orientation tag, or "as stored"
+            return im
+        if in_place:
+            ImageOps.exif_transpose(im, in_place=True)
+            return im
+        return ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise
+    except Exception as e:  # a malformed EXIF block (struct.error, KeyError, TypeError...)
+        raise DataError(f"unreadable EXIF orientation data ({type(e).__name__}: {e}); re-save the "
+                        f"image without EXIF, or upright", path=path) from None
 
 
 def scan_images(paths, show_progress=None) -> np.ndarray:
@@ -84,13 +117,32 @@ def scan_images(paths, show_progress=None) -> np.ndarray:
     return ok
 
 
-def check_images_exist(paths) -> None:
-    """A quick check before any work: every image file exists (decoding errors come later)."""
+def check_images_exist(paths, where: str = "") -> None:
+    """A quick check before any work: every image file exists (decoding errors come later).
+    `where` says what relative image paths were resolved against (for the message)."""
     import os
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DataError(f"image file not found ({len(missing)} of {len(paths)} missing; pass "
-                        f"data.on_bad_image=skip to leave them out)", path=missing[0])
+        raise DataError(f"image file not found ({len(missing)} of {len(paths)} missing"
+                        f"{'; ' + where if where else ''}; pass data.on_bad_image=skip to leave "
+                        f"them out)", path=missing[0])
+
+
+def image_paths_origin(labelset) -> str:
+    """What the relative image paths of a label file are resolved against, in words ('' for
+    the benchmark readers, whose layout fixes it)."""
+    kind, _, file = labelset.source.partition(":")
+    if kind not in ("csv", "npy") or not labelset.root:
+        return ""
+    relative = [i for i in labelset.items if not os.path.isabs(i)]
+    if not relative:
+        return ""
+    from pathlib import Path
+    folder = Path(file).parent
+    how = ("the label file's folder" if Path(labelset.root) == folder
+           else "image_root=")
+    return (f"relative image paths in {file} are resolved against "
+            f"{os.path.abspath(labelset.root)} ({how}), not the working directory")
 
 
 class ImageDataset(Dataset):

@@ -88,12 +88,17 @@ def convert(values: np.ndarray, src: str, dst: str) -> np.ndarray:
 def infer_encoding(values: np.ndarray, path=None) -> str:
     """Name the encoding of a matrix when only one reading is possible, else raise.
 
-    Only ``{+1, -1}`` is unambiguous (full labels, HCP). As soon as a 0 appears the matrix reads
-    differently in the two encodings (HCP: unknown; ASL: negative), so the user must say which.
+    A matrix of two values is fully labelled, its negative being whichever of -1 and 0 it uses:
+    ``{+1, -1}`` reads as ``hcp``, ``{1, 0}`` as ``asl`` (0 = negative, the common 0/1 matrix).
+    One that holds 1, 0 and -1 reads differently in the two encodings (``hcp``: 0 unknown;
+    ``asl``: -1 unknown), so the user must say which.
     """
     present = set(np.unique(np.asarray(values)).tolist())
     if present <= {1, -1}:
         return "hcp"
+    if present <= {1, 0}:
+        return "asl"
     raise DataError(f"the label encoding is ambiguous (values {sorted(present)}): 0 means "
-                    f"'unknown' in the 'hcp' encoding and 'negative' in the 'asl' encoding; "
-                    f"name it with --encoding hcp or --encoding asl", path=path)
+                    f"'unknown' in the 'hcp' encoding (1/-1/0) and 'negative' in the 'asl' "
+                    f"encoding (1/0/-1, where -1 is unknown); name it with --encoding hcp or "
+                    f"--encoding asl", path=path)

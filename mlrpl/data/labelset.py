@@ -80,19 +80,18 @@ class LabelSet:
         return label_hash(self.labels, self.classes)
 
     # ---- canonical files -------------------------------------------------------------------
-    def save(self, path: str | Path, encoding: str = "hcp") -> Path:
-        """Write the canonical form: ``<path>`` (.npz with items, classes, labels)."""
+    def save(self, path: str | Path, encoding: str = "hcp", keep_old: bool = False) -> Path:
+        """Write the canonical form: ``<path>`` (.npz with items, classes, labels), atomically
+        (`keep_old`: a replaced file is moved aside, see :func:`mlrpl.files.atomic_write`)."""
+        from mlrpl.files import atomic_write
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, labels=from_internal(self.labels, encoding),
-                     items=np.array(self.items, dtype=str), classes=np.array(self.classes, dtype=str),
-                     encoding=np.array(encoding), root=np.array(self.root or ""),
-                     source=np.array(self.source))
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda fh: np.savez(
+            fh, labels=from_internal(self.labels, encoding),
+            items=np.array(self.items, dtype=str), classes=np.array(self.classes, dtype=str),
+            encoding=np.array(encoding), root=np.array(self.root or ""),
+            source=np.array(self.source)), keep_old=keep_old)
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelSet":

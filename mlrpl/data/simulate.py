@@ -147,15 +147,25 @@ def provenance(partial: np.ndarray, full: np.ndarray, classes: list[str], protoc
         "hidden_positives": int(((full == POS) & (partial == UNK)).sum()),
         "per_class_known": {c: {"positive": v["positive"], "negative": v["negative"]}
                             for c, v in s["per_class"].items()},
+        **unlearnable_classes(partial, classes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+def unlearnable_classes(partial: np.ndarray, classes: list[str]) -> dict:
+    """The classes a model cannot learn from `partial`: ``classes_without_known_label`` (every
+    entry unknown) and ``classes_without_known_positive`` (no known positive, these included)."""
+    partial = np.asarray(partial)
+    known = (partial != UNK).any(0)
+    positive = (partial == POS).any(0)
+    return {"classes_without_known_label": [c for c, k in zip(classes, known) if not k],
+            "classes_without_known_positive": [c for c, p in zip(classes, positive) if not p]}
+
+
 # ---- files ------------------------------------------------------------------------------------
-def write_hcp_txt(partial: np.ndarray, path) -> None:
+def hcp_txt(partial: np.ndarray) -> str:
     """Comma-separated rows of 1,-1,0 in dataset order (the published train_proportion_*.txt)."""
-    lines = "\n".join(",".join(str(int(v)) for v in row) for row in np.asarray(partial))
-    Path(path).write_text(lines + "\n")
+    return "\n".join(",".join(str(int(v)) for v in row) for row in np.asarray(partial)) + "\n"
 
 
 def read_mask_file(path, num_classes: int | None = None, encoding: str = "hcp") -> np.ndarray:
@@ -205,9 +215,10 @@ def _mask_value(text: str) -> int | None:
 
 
 def write_outputs(partial: np.ndarray, record: dict, out, fmt: str = "npy",
-                  overwrite: bool = False) -> tuple[Path, Path]:
+                  overwrite: bool = False, keep_old: bool = False) -> tuple[Path, Path]:
     """Write the partial labels and ``<out stem>.provenance.json`` atomically; refuse to
-    overwrite existing files unless asked. Returns the two paths."""
+    overwrite existing files unless asked (`keep_old`: a replaced file is moved aside, for a
+    user's files). Returns the two paths."""
     out = Path(out)
     if fmt not in ("npy", "hcp"):
         raise DataError(f"unknown mask format {fmt!r}; expected npy or hcp", field="format")
@@ -221,21 +232,13 @@ def write_outputs(partial: np.ndarray, record: dict, out, fmt: str = "npy",
     if not out.parent.exists():
         raise DataError("output directory does not exist", path=out.parent)
     record = dict(record, file=out.name, format=fmt)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_prov = prov.with_name(prov.name + ".tmp")
-    try:
-        if fmt == "npy":
-            with open(tmp_out, "wb") as fh:
-                np.save(fh, np.asarray(partial, dtype=np.int8))
-        else:
-            write_hcp_txt(partial, tmp_out)
-        tmp_prov.write_text(json.dumps(record, indent=2) + "\n")
-        tmp_out.replace(out)
-        tmp_prov.replace(prov)
-    finally:
-        for t in (tmp_out, tmp_prov):
-            if t.exists():
-                t.unlink()
+    from mlrpl.files import atomic_write, atomic_write_text
+    if fmt == "npy":
+        atomic_write(out, lambda fh: np.save(fh, np.asarray(partial, dtype=np.int8),
+                                             allow_pickle=False), keep_old=keep_old)
+    else:
+        atomic_write_text(out, hcp_txt(partial), keep_old=keep_old)
+    atomic_write_text(prov, json.dumps(record, indent=2) + "\n", keep_old=keep_old)
     return out, prov
 
 

@@ -26,7 +26,6 @@ and growing ``n_train`` only appends images. It uses numpy and PIL only, and the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mlrpl.errors import ConfigError, DataError
+from mlrpl.files import move_aside, rename_into_place
 
 __all__ = ["CLASS_SPECS", "CLASS_NAMES", "PARTNER_PAIRS", "EXCLUSIVE_PAIRS", "MAX_CLASSES",
            "make_shapes_dataset", "render_image", "sample_classes"]
@@ -349,7 +349,8 @@ def make_shapes_dataset(root, n_train: int = 160, n_val: int = 80, size: int = 9
     If `root` already holds this dataset (a ``manifest.json`` with the same parameters and all
     files present), it is returned as is: generation is deterministic, so it would be the same.
     If `root` holds anything else, :class:`~mlrpl.errors.DataError` is raised unless `overwrite`
-    is true, in which case it is replaced. The data is generated in a temporary sibling folder and
+    is true, in which case it is replaced (the old folder moved aside to
+    ``<root>.replaced-<time>``, never deleted). The data is generated in a temporary sibling folder and
     renamed into place, so `root` never holds a half-written dataset.
 
     >>> root = make_shapes_dataset(tmp / "shapes")  # doctest: +SKIP
@@ -379,17 +380,15 @@ def make_shapes_dataset(root, n_train: int = 160, n_val: int = 80, size: int = 9
                                 "choose another folder)", path=root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    old = None
     try:
         _generate(tmp, params)
         if root.exists():
-            if any(root.iterdir()):  # overwrite: move the old content aside, removed below
-                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-                os.replace(root, old / "data")
+            if any(root.iterdir()):  # overwrite: the old content is moved aside, never deleted
+                move_aside(root)
             else:
                 root.rmdir()
         try:
-            os.replace(tmp, root)
+            rename_into_place(tmp, root, raw_errors=True)
         except OSError as e:
             # Someone else wrote root in the meantime; theirs is fine if it is the same dataset.
             if reusable():
@@ -398,6 +397,4 @@ def make_shapes_dataset(root, n_train: int = 160, n_val: int = 80, size: int = 9
                             path=root) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return root

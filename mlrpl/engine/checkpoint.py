@@ -7,7 +7,6 @@ states, and the per-epoch history, so that resume is exact.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -22,24 +21,13 @@ from mlrpl.errors import MlrplError
 FORMAT = "mlrpl-checkpoint-v1"
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same directory, fsync, then rename."""
+def atomic_save(obj, path: str | Path, keep_old: bool = False) -> Path:
+    """torch.save to a temporary file in the same directory, fsync, then rename
+    (:func:`mlrpl.files.atomic_write`; `keep_old` moves a replaced file aside)."""
     from mlrpl import faults
-    from mlrpl.files import disk_errors
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with disk_errors(path):
-            with open(tmp, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            faults.point("checkpoint.write")
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from mlrpl.files import atomic_write
+    return atomic_write(path, lambda fh: torch.save(obj, fh), keep_old=keep_old,
+                        before_rename=lambda: faults.point("checkpoint.write"))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def predict_logits(model, dataset, batch_size: int, device, amp=None, num_worker
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     idx, out = [], []
     dev_type = torch.device(device).type
-    for batch in progress(loader, desc="evaluating", enable=show_progress):
+    for batch in progress(loader, desc="evaluating", enable=show_progress, log=False):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.autocast(device_type=dev_type, dtype=amp, enabled=amp is not None):
             logits = model(batch)["logits"]
@@ -57,6 +58,24 @@ def predict_logits(model, dataset, batch_size: int, device, amp=None, num_worker
     logits = torch.cat(out)
     index, logits = dist.all_gather_varlen(index), dist.all_gather_varlen(logits)
     return gather_unique(index.cpu().numpy(), logits.cpu().numpy(), len(dataset))
+
+
+def left_out_of_map(labels: np.ndarray, classes) -> list[str]:
+    """The classes without a known positive in `labels`: they have no AP and are left out of
+    mAP (and of CP, CR), as :func:`mlrpl.metrics.compute_metrics` does."""
+    has = (np.asarray(labels) == 1).any(0)
+    return [c for c, h in zip(classes, has) if not h]
+
+
+def map_scope(labels: np.ndarray, classes) -> str | None:
+    """``mAP over K of C classes (N left out: no positive in this split: a, b, ...)`` when some
+    classes are left out of mAP, else None: an mAP is read with the classes it covers."""
+    out = left_out_of_map(labels, classes)
+    if not out:
+        return None
+    shown = ", ".join(out[:10]) + (f", ... ({len(out) - 10} more)" if len(out) > 10 else "")
+    return (f"mAP over {len(classes) - len(out)} of {len(classes)} classes ({len(out)} left out: "
+            f"no positive in this split: {shown})")
 
 
 def score(scores: np.ndarray, labels: np.ndarray, threshold, classes) -> dict:
@@ -88,8 +107,11 @@ def load_thresholds(path, classes: list[str]) -> np.ndarray:
             raise DataError(f"expected a JSON object {{\"class name\": threshold, ...}}, got "
                             f"{type(table).__name__}", path=path)
         missing = [c for c in classes if c not in table]
-        if missing:
-            raise DataError(f"no threshold for classes {missing[:5]}", path=path)
+        extra = [c for c in table if c not in classes]
+        if missing or extra:
+            raise DataError(f"its classes differ from the model's: no threshold for classes "
+                            f"{missing[:5]}" + (f", thresholds for classes the model does not "
+                                                f"have: {extra[:5]}" if extra else ""), path=path)
         values = []
         for c in classes:
             v = table[c]
@@ -120,9 +142,11 @@ def split_scores(model, cfg, classes: list[str], split: str | None, device,
     its evaluation split when None; unreadable images skipped when the config says so. The
     split's classes must be ``classes`` (the model's)."""
     from mlrpl.data import read_dataset
+    check_data_paths(cfg, source, ("data.root",) if split is not None else None)
     if split is not None:
         ls = read_dataset(cfg.data.dataset, data_root(cfg.data.root), split,
                           **dict(cfg.data.reader_options or {}))
+        warn_if_trained_on(cfg, ls, split)
     else:
         _, ls = load_splits(cfg)
     if list(ls.classes) != list(classes):
@@ -136,6 +160,85 @@ def split_scores(model, cfg, classes: list[str], split: str | None, device,
     logits = predict_logits(model, ds, cfg.train.eval_batch_size, device,
                             amp_dtype(cfg.train.amp), cfg.data.num_workers, show_progress)
     return ls, logits
+
+
+def check_data_paths(cfg, source=None, keys=None) -> None:
+    """A data.root / data.val_root (or `keys`) that does not exist from here is an error saying
+    what it was resolved against and how to point at the data (before a reader's 'not found')."""
+    from omegaconf import OmegaConf
+    for key in keys or ("data.root", "data.val_root"):
+        value = OmegaConf.select(cfg, key)
+        if not value or "://" in str(value) or os.path.exists(data_root(value)):
+            continue
+        given = ""
+        if source is not None:
+            raw = _given_config(source).get(key.split(".")[1])
+            if isinstance(raw, str) and raw != value:
+                given = f" (the checkpoint's config gives {raw!r}"
+                if "${oc.env:MLRPL_DATA" in raw:
+                    env = os.environ.get("MLRPL_DATA")
+                    given += f"; MLRPL_DATA is {'unset' if env is None else repr(env)}"
+                given += ")"
+        raise DataError(f"{key} not found: {value!r} is resolved against the working directory "
+                        f"{os.getcwd()}{given}; run from the folder the model was trained in, set "
+                        f"MLRPL_DATA, or pass {key}=PATH", path=os.path.abspath(data_root(value)))
+
+
+def _given_config(source) -> dict:
+    """The ``data`` section of a checkpoint's config as saved (paths as given), {} if unreadable."""
+    try:
+        return dict((load_checkpoint(source).get("config") or {}).get("data") or {})
+    except (MlrplError, OSError, AttributeError, TypeError):
+        return {}
+
+
+def warn_if_trained_on(cfg, ls, split: str) -> None:
+    """Log one line when the labelled `split` holds images the model was trained on: its scores
+    would measure memory, not generalisation."""
+    import logging
+    log = logging.getLogger("mlrpl")
+    try:
+        train, val = load_splits(cfg)
+    except MlrplError as e:
+        log.warning(f"cannot tell whether split {split!r} holds training images: the run's own "
+                    f"splits do not read from here ({e})")
+        return
+
+    from omegaconf import OmegaConf
+    held = 0
+    if OmegaConf.select(cfg, "train.select", default="eval") == "train_holdout":
+        from mlrpl.engine.experiment import seeded_split
+        keep, hold = seeded_split(len(train), cfg.train.select_holdout, cfg.data.split_seed)
+        train, held = train.subset(keep), len(hold)   # those never reached the optimiser
+
+    def keys(x):
+        return {os.path.normpath(os.path.abspath(str(p))) for p in x.paths()}
+    kt, ke, kv = keys(train), keys(ls), keys(val)
+    both = len(kt & ke)
+    if not both:
+        return
+    d = cfg.data
+    trained = f"split {d.train_split!r}" if d.train_split else str(d.root)
+    if d.val_root is None and d.val_split is None:
+        trained += (f" less its seeded hold-out of {len(kv)} images (data.holdout={d.holdout}), "
+                    f"the run's evaluation split")
+    if held:
+        trained += (f", less the {held} images held out to choose the best epoch "
+                    f"(train.select=train_holdout)")
+    n, t = len(ke), len(kt)
+    if ke == kt:
+        what = f"is the model's training set: the {t} images of {trained}"
+    elif kt <= ke:
+        rest = ke - kt
+        others = ("the run's hold-out evaluation images" if rest == kv else "images it was not "
+                  "trained on")
+        what = (f"holds all {t} images the model was trained on ({trained}) and {len(rest)} "
+                f"{others}")
+    else:
+        what = f"holds {both} of the {t} images the model was trained on ({trained})"
+    log.warning(f"split {split!r} ({n} images) {what}: scores on training images measure "
+                f"memory, not generalisation; leave out --split to evaluate the run's evaluation "
+                f"split")
 
 
 def learned_thresholds(method) -> np.ndarray | None:
@@ -163,13 +266,14 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     (``model_thresholds``), a thresholds file, ``threshold``, the config's ``eval.threshold``."""
     if thresholds_file is not None and model_thresholds:
         raise MlrplError("give either a thresholds file or --model-thresholds, not both")
-    from mlrpl.files import check_output
-    if save_scores:  # checked before the evaluation, not after it
-        check_output(save_scores, force, "scores file")
+    if save_scores:  # checked before the evaluation, not after it (with the ids file beside)
+        from mlrpl.metrics import check_scores_output
+        check_scores_output(save_scores, force)
     ckpt = load_checkpoint(path)
     thr_file = None if thresholds_file is None else load_thresholds(thresholds_file,
                                                                     ckpt["classes"])
-    model, ckpt, cfg = open_checkpoint(path, None, overrides=overrides, ckpt=ckpt)
+    model, ckpt, cfg = open_checkpoint(path, None, overrides=overrides, ckpt=ckpt,
+                                       find_data=True)
     learned = _model_thresholds(model, path) if model_thresholds else None
     ls, scores = split_scores(model, cfg, ckpt["classes"], split, cfg.train.device, source=path)
     thr = cfg.eval.threshold if threshold is None else threshold
@@ -178,11 +282,12 @@ def evaluate_checkpoint(path, overrides=(), split=None, save_scores=None, thresh
     if learned is not None:
         thr = learned
     metrics = score(scores, ls.labels, thr, ls.classes)
-    if save_scores:
-        from mlrpl.files import save_npy
-        save_npy(save_scores, scores)
+    if save_scores:  # the logits with the ids of their images: .npy + .ids.txt, or one .npz
+        from mlrpl.metrics import write_scores
+        write_scores(save_scores, scores, ls.items, ls.classes, kind="logits", keep_old=force)
     return {"metrics": metrics, "dataset": ls.source, "num_images": len(ls), "scores": scores,
-            "thresholds": thr}
+            "thresholds": thr, "classes_left_out_of_mAP": left_out_of_map(ls.labels, ls.classes),
+            "mAP_scope": map_scope(ls.labels, ls.classes)}
 
 
 def build_cache(cfg) -> list[str]:

@@ -90,9 +90,7 @@ def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
         if not 0.0 < d.holdout < 1.0:
             raise ConfigError(f"bad value for 'data.holdout': {d.holdout}; expected a fraction "
                               f"in (0, 1)")
-        perm = np.random.default_rng(d.split_seed).permutation(len(train))
-        n_val = max(1, int(round(d.holdout * len(train))))
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        train_idx, val_idx = seeded_split(len(train), d.holdout, d.split_seed)
         return train.subset(train_idx), train.subset(val_idx)
     if val.classes != train.classes:
         raise DataError(f"the classes of {where} differ from those of the training split: "
@@ -100,6 +98,14 @@ def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
                         path=d.root)
     check_no_overlap(train, val)
     return train, val
+
+
+def seeded_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) sorted indices of ``range(n)``: ``round(share * n)`` (at least 1) held
+    out, drawn with ``numpy.random.default_rng(seed)``, the same for every experiment seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_out = max(1, int(round(share * n)))
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
 def class_difference(a: list[str], b: list[str], name_a: str = "first",
@@ -144,6 +150,7 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
         if not isinstance(record, dict) or "known_entries" not in record:
             raise DataError("the run's mask provenance is damaged (expected the JSON record "
                             "written by mlrpl)", path=prov)
+        report_training_labels(train, partial, record)
         return partial, record
     if d.mask_file:
         partial = load_partial(d.mask_file, train.labels)
@@ -160,9 +167,50 @@ def make_partial(cfg, train: LabelSet, run_dir: Path | None) -> tuple[np.ndarray
         record = provenance(partial, train.labels, train.classes, d.protocol, p=d.known_proportion,
                             seed=seed, n=d.fpc_n, source=train.source)
     check_trainable(cfg, partial)
+    report_training_labels(train, partial, record)
     if run_dir is not None and dist.is_main():
         write_outputs(partial, record, run_dir / "mask.npy", "npy", overwrite=True)
     return partial, record
+
+
+def _names(classes: list[str], most: int = 10) -> str:
+    shown = ", ".join(classes[:most])
+    return shown + (f", ... ({len(classes) - most} more)" if len(classes) > most else "")
+
+
+def report_training_labels(train: LabelSet, partial: np.ndarray, record: dict) -> None:
+    """Complete the mask provenance `record` with how the labels were read (VOC's difficult rule,
+    the reading of a 0/1 spreadsheet) and the classes the partial labels cannot teach, and say
+    them in the log before training."""
+    import logging
+    from mlrpl.data.simulate import unlearnable_classes
+    if "difficult" in train.meta:
+        record.setdefault("voc_difficult", train.meta["difficult"])
+    rule = train.meta.get("encoding_rule")
+    if rule:
+        record.setdefault("label_reading", rule)
+    for key, value in unlearnable_classes(partial, train.classes).items():
+        record.setdefault(key, value)
+    if not dist.is_main():
+        return
+    log = logging.getLogger("mlrpl")
+    if "difficult" in train.meta:
+        from mlrpl.data.readers.voc import difficult_rule
+        log.info(difficult_rule(train.meta["difficult"]))
+    if rule:
+        log.info(f"{train.source}: {rule}")
+    c = len(train.classes)
+    no_label = list(record["classes_without_known_label"])
+    no_pos = [k for k in record["classes_without_known_positive"] if k not in no_label]
+    if no_label:
+        log.warning(f"{len(no_label)} of {c} classes have no known training label (every entry "
+                    f"unknown): {_names(no_label)}; the model cannot learn them, and they stay in "
+                    f"mAP wherever the evaluation split has positives (listed in "
+                    f"mask.provenance.json, classes_without_known_label)")
+    if no_pos:
+        log.warning(f"{len(no_pos)} of {c} classes have no known positive training label (only "
+                    f"negatives): {_names(no_pos)}; the model can only learn that they are absent "
+                    f"(listed in mask.provenance.json, classes_without_known_positive)")
 
 
 def check_trainable(cfg, partial: np.ndarray) -> None:
@@ -261,14 +309,16 @@ def make_dataset(cfg, ls: LabelSet, partial, backbone, device, train: bool,
     """The dataset of one split: cached feature maps when the backbone is frozen and caching is
     on, images through the backbone's transforms otherwise. Returns (dataset, kept) where `kept`
     lists the items left after skipping unreadable images (None when none was skipped)."""
-    from mlrpl.data.dataset import FeatureDataset, ImageDataset, check_images_exist, scan_images
+    from mlrpl.data.dataset import (FeatureDataset, ImageDataset, check_images_exist,
+                                    image_paths_origin, scan_images)
     size = cfg.data.image_size
     cached = cache_source(cfg, backbone)
+    if cfg.data.on_bad_image != "skip":  # before any caching, decoding or training
+        check_images_exist([str(p) for p in ls.paths()], image_paths_origin(ls))
     if cached is None:
         tf = backbone.transform(train, size)
         paths = [str(p) for p in ls.paths()]
         if cfg.data.on_bad_image != "skip":
-            check_images_exist(paths)
             return ImageDataset(ls, tf, partial), None
         # Unreadable images are removed before batching, never replaced on the fly.
         valid = scan_images(paths, show_progress) if dist.is_main() else None
@@ -344,7 +394,7 @@ def has_backbone_weights(ckpt: dict) -> bool:
 
 
 def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, overrides=(),
-                    ckpt: dict | None = None):
+                    ckpt: dict | None = None, find_data: bool = False):
     """(model in eval mode, checkpoint dict, config) from a checkpoint or bundle, offline
     (``ckpt``: the checkpoint already loaded from ``path``; ``device`` None: the config's).
 
@@ -352,7 +402,9 @@ def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, ove
     nothing else; one that references a frozen pretrained backbone by digest rebuilds it from its
     source. Raises a one-line :class:`MlrplError` for a file of another library release, an
     unknown method, another class list (when `classes` is given), or a backbone whose weights
-    are referenced but cannot be found."""
+    are referenced but cannot be found. ``find_data``: for a caller that reads the run's data,
+    look for it where the run found it when its paths do not resolve from here
+    (:func:`relocate_data_paths`)."""
     from mlrpl.config import load_config
     from mlrpl.engine.checkpoint import load_checkpoint, load_model_state
     from mlrpl.version import __version__
@@ -373,6 +425,8 @@ def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, ove
         raise MlrplError(f"{path}: the checkpoint's classes differ from those expected: "
                          f"{class_difference(ckpt['classes'], classes, 'checkpoint', 'expected')}")
     cfg = load_config(None, list(overrides), base=ckpt["config"])
+    if find_data:
+        relocate_data_paths(cfg, path, ckpt, overrides)
     if device is None:  # the config's device
         from mlrpl.engine.runtime import select_device
         device = select_device(cfg.train.device)
@@ -395,6 +449,58 @@ def open_checkpoint(path, device="cpu", backbone_weights=None, classes=None, ove
     except MlrplError as e:
         raise MlrplError(f"{path}: {e}") from None
     return model.to(device).eval(), ckpt, cfg
+
+
+def _training_cwd(run_dir_given, checkpoint: Path) -> Path | None:
+    """The working directory a run was trained from, when its relative ``run.dir`` still names
+    the folder the checkpoint is in (``runs/x`` and ``/a/b/runs/x/last.pt`` -> ``/a/b``)."""
+    if not run_dir_given or os.path.isabs(str(run_dir_given)):
+        return None
+    parts = Path(os.path.normpath(str(run_dir_given))).parts
+    here = checkpoint.resolve().parent.parts
+    if not parts or parts[0] == ".." or here[-len(parts):] != parts:
+        return None
+    return Path(*here[:-len(parts)])
+
+
+def relocate_data_paths(cfg, path: Path, ckpt: dict, overrides=()) -> None:
+    """Find a checkpoint's data where its run found it, when ``data.root`` / ``data.val_root``
+    do not resolve from here.
+
+    The config keeps paths as given (relative to the working directory, or under
+    ``${oc.env:MLRPL_DATA,...}``), so that a run moved to another machine finds its data there.
+    From another folder, or without MLRPL_DATA, the as-given path may name nothing: then the
+    absolute path the run resolved at training is used (the checkpoint's or ``run.json``'s
+    ``paths``, or a relative path taken from the folder the run was trained from), with a log
+    line. A path given on the command line is never replaced."""
+    import logging
+    from omegaconf import OmegaConf
+    from mlrpl.engine import rundir
+    given = {str(o).split("=", 1)[0].strip().lstrip("+~") for o in overrides}
+    record = rundir.read_run_record(path.parent) if (path.parent / rundir.RUN_RECORD).is_file() \
+        else {}
+    cwd = _training_cwd(OmegaConf.select(cfg, "run.dir"), path)
+    for key in ("data.root", "data.val_root"):
+        value = OmegaConf.select(cfg, key)
+        if not value or key in given or os.path.exists(data_root(value)):
+            continue
+        found = []
+        for src in (ckpt.get("paths"), record.get("paths")):
+            v = src.get(key) if isinstance(src, dict) else None
+            if isinstance(v, str) and v:
+                found.append(Path(data_root(v)))
+        found.append(Path(data_root(value)))
+        for cand in found:
+            if not cand.is_absolute():
+                if cwd is None:
+                    continue
+                cand = cwd / cand
+            if cand.exists():
+                OmegaConf.update(cfg, key, str(cand))
+                logging.getLogger("mlrpl").info(
+                    f"{key} {value!r} does not resolve from {os.getcwd()}; using {cand}, where "
+                    f"the run found it at training (pass {key}=PATH to choose another)")
+                break
 
 
 def _missing_backbone_message(path, ckpt, cfg, error) -> str:

@@ -14,6 +14,11 @@ One leaf used by the trainer (writes), the sweep (reads and resumes) and the rep
       sweep_run.json, error.txt, per_class_last.csv   written by a sweep
 
 Everything here imports nothing of the engine but the library version.
+
+A run directory belongs to one process at a time: :class:`RunLock` holds an OS-level lock on
+``<parent>/.<name>.lock`` (beside the directory, so that it survives the directory being moved
+aside or started over) for the life of the run; the lock dies with its process, so a killed run
+never leaves a directory locked.
 """
 from __future__ import annotations
 
@@ -22,9 +27,16 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are not locked
+    fcntl = None
 
 import yaml
 
@@ -93,12 +105,26 @@ def number(v):
 
 
 def read_summary(run_dir) -> list[dict]:
-    """``summary.csv`` as a list of dicts of numbers (one per epoch; empty when absent)."""
+    """``summary.csv`` as a list of dicts of numbers (one per epoch; empty when absent), epochs
+    counted from 1 (files of earlier releases, which counted from 0, are renumbered)."""
     f = Path(run_dir) / SUMMARY
     if not f.is_file():
         return []
     with open(f, newline="") as fh:
-        return [{k: number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        rows = [{k: number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+    if rows and rows[0].get("epoch") == 0:
+        for row in rows:
+            row["epoch"] = int(row["epoch"]) + 1
+    return rows
+
+
+def best_epoch_number(metrics: dict) -> int | None:
+    """The best epoch of a ``metrics.json``, counted from 1 (files of earlier releases counted
+    from 0 and say nothing of it)."""
+    best = metrics.get("best_epoch")
+    if best is None or not metrics.get("best"):
+        return None
+    return int(best) + (0 if metrics.get("epoch_numbering") == "from 1" else 1)
 
 
 def write_summary(run_dir, history: list[dict]) -> None:
@@ -174,12 +200,8 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
             raise ConfigError(f"run.overwrite=true: {path} is not an mlrpl run directory (no "
                               f"{RUN_RECORD}); refusing to replace it; choose another run.dir")
         else:
-            aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            n = 1
-            while aside.exists():
-                n += 1
-                aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-            path.rename(aside)
+            from mlrpl.files import move_aside
+            aside = move_aside(path, "replaced")
             import logging
             logging.getLogger("mlrpl").warning(f"run.overwrite=true: the previous run was moved "
                                                f"to {aside}")
@@ -194,6 +216,156 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
     # recognisably mlrpl's (and, without a checkpoint, started over by the next invocation).
     write_run_record(path)
     return True
+
+
+# ---- what a run's config may change without changing the run ------------------------------------
+# Keys that say where and how fast a run goes, not what it computes: a sweep may differ in them
+# from an existing run, and ``--resume`` may change them (recorded in run.json).
+SAFE_KEYS = ("run.", "train.stop_after_epochs", "train.device", "train.threads", "train.progress",
+             "train.tensorboard", "train.eval_batch_size", "data.num_workers", "data.root",
+             "model.cache_dir")
+
+
+def flat(d, prefix="") -> dict:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_drift(saved: dict, new: dict, safe=SAFE_KEYS) -> list[str]:
+    """Keys whose value differs between a run's saved config and a new config for it, leaving
+    out the `safe` ones.
+
+    A key the saved config lacks is not drift: it was added to the schema after the run was made,
+    and a new key's default keeps the earlier behaviour. A key the new config lacks is."""
+    from mlrpl.data.readers import with_recorded_defaults  # a record made before they were
+    a, b = flat(with_recorded_defaults(saved)), flat(with_recorded_defaults(new))
+    return [k for k in sorted(set(a) | set(b)) if not k.startswith(tuple(safe)) and k in a
+            and a.get(k) != b.get(k)]
+
+
+def resume_changes(saved: dict, new: dict) -> tuple[dict, dict]:
+    """What a ``--resume`` would change: (refused, accepted), each ``{key: (old, new)}``.
+
+    Accepted are the :data:`SAFE_KEYS` and ``train.epochs`` under a schedule that does not
+    depend on the number of epochs (``sched.name`` none or step); everything else would make the
+    run's record describe another run than the one its checkpoints hold."""
+    from mlrpl.data.readers import with_recorded_defaults
+    a, b = flat(with_recorded_defaults(saved)), flat(with_recorded_defaults(new))
+    safe = SAFE_KEYS + (("train.epochs",) if a.get("sched.name") in ("none", "step") else ())
+    refused = {k: (a.get(k), b.get(k)) for k in config_drift(saved, new, safe)}
+    accepted = {k: (a.get(k), b.get(k)) for k in sorted(set(a) & set(b))
+                if k.startswith(safe) and a[k] != b[k] and not k.startswith("run.")
+                and k != "train.stop_after_epochs"}
+    return refused, accepted
+
+
+# ---- one process per run directory ---------------------------------------------------------------
+class RunLockedError(ConfigError):
+    """The run directory is in use by another live process."""
+
+
+_HELD: dict[str, list] = {}  # lock path -> [open file, count]: re-entrant within a process
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<parent>/.<name>.lock`` for the life of a run.
+
+    ``acquire()`` refuses in one line, naming the holder (pid, host, start time, command), when
+    another process holds it; the lock is re-entrant within a process (a sweep holds a run's lock
+    while its trainer takes it again) and released by ``release()`` or when the process ends,
+    however it ends."""
+
+    def __init__(self, run_dir):
+        run_dir = Path(run_dir)
+        self.run_dir = run_dir
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        if self.held or fcntl is None:
+            return self
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self.held = True
+            return self
+        from mlrpl.files import check_writable_dir
+        parent = self.path.parent
+        top = parent
+        while not top.exists():
+            top = top.parent
+        check_writable_dir(top, "folder of run.dir")
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise RunLockedError(
+                    f"run directory {self.run_dir} is in use by another mlrpl process"
+                    f"{' (' + _describe_holder(holder) + ')' if holder else ''}; wait for it to "
+                    f"end, or choose another run.dir") from None
+            # The holder before us may have removed the file after we opened it: then our lock
+            # is on a name nobody else sees; start again on the current file.
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "command": " ".join(sys.argv)[:300]}))
+        fh.flush()
+        _HELD[key] = [fh, 1]
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        key = str(self.path.resolve())
+        entry = _HELD.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _HELD[key]
+        fh = entry[0]
+        try:
+            os.unlink(self.path)  # still ours: nobody else can hold it while we do
+        except OSError:
+            pass
+        fh.close()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return (f"pid {h['pid']} on {h['host']}, started {h['started']}: "
+                f"{h.get('command', '?')}")
+    except (ValueError, KeyError, TypeError):
+        return text[:200]
 
 
 # ---- which code made a run ------------------------------------------------------------------------

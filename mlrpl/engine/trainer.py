@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -30,10 +31,10 @@ from mlrpl.engine.checkpoint import (FORMAT, atomic_copy, atomic_save, load_chec
 from mlrpl.engine.evaluate import predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
                                      build_model, check_evaluable, load_splits, make_dataset,
-                                     make_partial, skipped_items)
+                                     make_partial, seeded_split, skipped_items)
 from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_everything,
                                   select_device, to_device)
-from mlrpl.errors import MlrplError
+from mlrpl.errors import ConfigError, MlrplError
 from mlrpl.logs import log_file
 from mlrpl.methods import method_code_digest
 from mlrpl.methods.base import EpochContext, eval_mode
@@ -92,15 +93,24 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.run_dir = Path(cfg.run.dir)
         self._fresh = False
-        if dist.is_main():
-            self._fresh = rundir.prepare_run_dir(self.run_dir, cfg.run.overwrite, resume)
-        dist.barrier()
+        # The run directory is this run's alone for its whole life (rank 0 holds the lock for
+        # every process of a data-parallel run); a second run on it is refused in one line.
+        self.lock = rundir.RunLock(self.run_dir)
         try:
+            if dist.is_main():
+                self.lock.acquire()
+                self._fresh = rundir.prepare_run_dir(self.run_dir, cfg.run.overwrite, resume)
+            dist.barrier()
             with self.session():
                 self._build(cfg, resume)
         except BaseException:
             self._remove_unstarted()
+            self.lock.release()
             raise
+
+    def close(self) -> None:
+        """Release the run directory (``fit`` does it when it ends)."""
+        self.lock.release()
 
     def _remove_unstarted(self):
         """A run that fails before its first checkpoint leaves nothing behind (nothing that
@@ -119,8 +129,12 @@ class Trainer:
 
     def _build(self, cfg, resume: bool):
         self.config_dict = resolved(cfg)
+        self.resume_changes = {}
+        if resume and dist.is_main():
+            self.resume_changes = self._check_resume_config()
         if dist.is_main():
-            (self.run_dir / rundir.CONFIG).write_text(to_yaml(cfg))
+            from mlrpl.files import atomic_write_text
+            atomic_write_text(self.run_dir / rundir.CONFIG, to_yaml(cfg))
             rundir.write_run_record(self.run_dir, method=cfg.method.name,
                                     method_code=method_code_digest(cfg.method.name),
                                     paths={k: OmegaConf.select(cfg, k) for k in PATH_KEYS})
@@ -135,12 +149,20 @@ class Trainer:
         dist.barrier()
         if not dist.is_main():
             partial, record = make_partial(cfg, train, self.run_dir)
+        train, partial, self.selection = self._hold_out_for_selection(train, partial)
         backbone = build_backbone(cfg)
         method = build_method(cfg, train.classes, backbone.out_channels, partial)
         model = build_model(cfg, backbone, method, train.classes).to(self.device)
         self.exp = Experiment(cfg, train, val, partial, record, model)
         self.model = model
         self.train_ds, self.val_ds = self._datasets()
+        self.select_ds = None
+        if self.selection is not None:
+            self.select_ds, kept = make_dataset(cfg, self.selection, None, self.model.backbone,
+                                                self.device, train=False,
+                                                show_progress=self.show_progress)
+            if kept is not None:
+                self.selection = self.selection.subset(kept)
         self.plugins = build_plugins(cfg.plugins, PluginContext(
             train.num_classes, list(train.classes), self.exp.partial, int(cfg.seed)),
             model).to(self.device)
@@ -159,6 +181,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": -1, "mAP": -math.inf}
+        self.stopped_early = False
         self.tb = None
         if dist.is_main():
             self._check_space()
@@ -167,11 +190,80 @@ class Trainer:
         self.record = self._record_inputs(method)
         if resume and dist.is_main():
             self._sync_run_files()
+            self._record_resume()
+        if dist.is_main():
+            rundir.write_run_record(self.run_dir, labels={k: record.get(k) for k in (
+                "classes_without_known_label", "classes_without_known_positive",
+                "voc_difficult", "label_reading")})
+        threads = torch.get_num_threads()
         log.info(f"mlrpl {__version__} | run {self.run_dir} | {self.world} process(es) on "
-                 f"{self.device} | method {cfg.method.name} | {len(train)} train / {len(val)} eval "
+                 f"{self.device}, {threads} thread(s)"
+                 f"{' (train.threads=null: all cores)' if cfg.train.threads is None else ''} | "
+                 f"method {cfg.method.name} | {len(train)} train / {len(val)} eval "
                  f"images x {train.num_classes} classes | {record['known_entries']} of "
                  f"{partial.size} train labels known (p={cfg.data.known_proportion}, "
                  f"{cfg.data.protocol})")
+        from mlrpl.engine.evaluate import left_out_of_map, map_scope
+        self.map_classes = len(self.exp.val.classes) - len(left_out_of_map(
+            self.exp.val.labels, self.exp.val.classes))
+        scope = map_scope(self.exp.val.labels, self.exp.val.classes)
+        if scope:
+            log.info(f"evaluation split: {scope}")
+
+    # ---- which epoch is best -------------------------------------------------------------------
+    def _hold_out_for_selection(self, train, partial):
+        """With ``train.select=train_holdout``: (training images, their partial labels, the
+        held-out LabelSet whose labels are the held-out images' partial labels), else
+        (train, partial, None). The held-out images never reach the method or the optimiser."""
+        t = self.cfg.train
+        if t.select != "train_holdout":
+            return train, partial, None
+        keep, hold = seeded_split(len(train), t.select_holdout, self.cfg.data.split_seed)
+        held = train.subset(hold).with_labels(partial[hold])
+        if not (held.labels == 1).any() or not (partial[keep] != 0).any():
+            raise ConfigError(f"bad value for 'train.select_holdout': {t.select_holdout}: the "
+                              f"{len(hold)} held-out training images have no known positive (or "
+                              f"nothing known is left to train on), so no epoch can be chosen on "
+                              f"them; hold out a larger share or use train.select=eval")
+        n_classes = int((held.labels == 1).any(0).sum())
+        log.info(f"epoch selection: {len(hold)} of {len(train)} training images held out of "
+                 f"training (train.select_holdout={t.select_holdout}, data.split_seed="
+                 f"{self.cfg.data.split_seed}); the best epoch is the one with the highest mAP "
+                 f"on their known labels ({n_classes} of {train.num_classes} classes have a "
+                 f"known positive there)")
+        return train.subset(keep), partial[keep], held
+
+    def selection_note(self) -> str:
+        """How the best epoch was chosen, in words (metrics.json, the console)."""
+        if self.selection is not None:
+            return (f"train_holdout: mAP on the known labels of {len(self.selection)} training "
+                    f"images held out of training")
+        return ("eval: mAP on the evaluation split, an optimistic choice (the epoch is chosen on "
+                "the data it is scored on); train.select=train_holdout chooses it without them")
+
+    # ---- resume -------------------------------------------------------------------------------
+    def _check_resume_config(self) -> dict:
+        """A resumed run keeps the settings its checkpoints were trained with: a change that
+        would alter the run is refused (listing the keys); the accepted ones are returned, to be
+        recorded in run.json."""
+        saved = rundir.read_config(self.run_dir)
+        if not saved:
+            raise MlrplError(f"{self.run_dir / rundir.CONFIG}: the run's saved config is missing "
+                             f"or damaged; it cannot be resumed as it was configured")
+        refused, accepted = rundir.resume_changes(saved, self.config_dict)
+        if refused:
+            raise ConfigError(resume_refusal(self.run_dir, refused))
+        return accepted
+
+    def _record_resume(self):
+        rec = rundir.read_run_record(self.run_dir)
+        events = list(rec.get("resumes") or [])
+        events.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "after_epoch": self.epoch,
+                       "changed": {k: list(v) for k, v in self.resume_changes.items()}})
+        rundir.write_run_record(self.run_dir, resumes=events)
+        if self.resume_changes:
+            log.info("resumed with changed settings (recorded in run.json): " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in self.resume_changes.items()))
 
     # ---- data ---------------------------------------------------------------------------------
     def _datasets(self):
@@ -195,7 +287,9 @@ class Trainer:
         from mlrpl.data.embeddings import embedding_source
         origin = getattr(method, "embedding_origin", None)
         extra = {"word_vectors": embedding_source(origin) if origin else None,
-                 "skipped_images": self.skipped, "plugins": self.plugins.names()}
+                 "skipped_images": self.skipped, "plugins": self.plugins.names(),
+                 # train.threads=null leaves torch's default: every core of the machine
+                 "threads": torch.get_num_threads(), "world_size": self.world}
         if origin:
             src = extra["word_vectors"]
             log.info("word vectors: " + (f"{src['path']} (sha256 {str(src['sha256'])[:12]})"
@@ -259,14 +353,15 @@ class Trainer:
             stop_at = min(stop_at, self.epoch + int(cfg.train.stop_after_epochs))
         try:
             with self.session():
-                while self.epoch < stop_at:
+                while self.epoch < stop_at and not self.stopped_early:
                     self._run_epoch(self.epoch)
-                if self.epoch >= cfg.train.epochs:
+                if self.epoch >= cfg.train.epochs or self.stopped_early:
                     # the model keeps the weights the last checkpoint holds (EMA)
                     self.plugins.finalize(self.model)
         finally:
             if self.tb is not None:
                 self.tb.close()
+            self.lock.release()
         return self.final_metrics()
 
     def _run_epoch(self, epoch: int):
@@ -287,9 +382,14 @@ class Trainer:
         if epoch + 1 == cfg.train.epochs and len(self.plugins):
             final = self.plugins.on_train_end(self.train_end_context(epoch), self.model)
         metrics, _ = self.evaluate(self.val_ds, self.exp.val.labels)
+        chosen_on = metrics["mAP"]
+        if self.select_ds is not None:
+            sel, _ = self.evaluate(self.select_ds, self.selection.labels)
+            metrics = {**metrics, "select_mAP": sel["mAP"]}
+            chosen_on = sel["mAP"]
         t2 = time.time()
         self.epoch = epoch + 1
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[-1]["lr"]}
+        row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[-1]["lr"]}
         if not self.sched_per_step and self.scheduler is not None:
             self.scheduler.step()
         row.update({f"loss_{k}": v for k, v in terms.items()})
@@ -299,9 +399,16 @@ class Trainer:
         row.update(final)
         row.update({"time_train_s": round(t1 - t0, 3), "time_eval_s": round(t2 - t1, 3)})
         self.history.append(row)
-        improved = metrics["mAP"] > self.best["mAP"]
+        improved = chosen_on > self.best["mAP"]
         if improved:
-            self.best = {"epoch": epoch, "mAP": metrics["mAP"]}
+            self.best = {"epoch": epoch, "mAP": chosen_on}
+        patience = cfg.train.early_stop
+        if patience is not None and epoch - self.best["epoch"] >= patience \
+                and self.epoch < cfg.train.epochs:
+            self.stopped_early = True
+            log.info(f"early stop after epoch {self.epoch}: no better epoch in the last "
+                     f"{patience} (train.early_stop={patience}); best epoch "
+                     f"{self.best['epoch'] + 1}, chosen on {self.selection_note().split(':')[0]}")
         if dist.is_main():
             rundir.write_summary(self.run_dir, self.history)
             ckpt = self._checkpoint(metrics)
@@ -320,7 +427,11 @@ class Trainer:
                         self.tb.add_scalar(k, v, epoch)
                 self.tb.flush()
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {terms.get('total', float('nan')):.4f}  "
-                 f"mAP {metrics['mAP']:.2f}  CF1 {metrics['CF1']:.2f}  OF1 {metrics['OF1']:.2f}  "
+                 f"mAP {metrics['mAP']:.2f}"
+                 + (f" ({self.map_classes} of {len(self.exp.val.classes)} classes)"
+                    if self.map_classes < len(self.exp.val.classes) else "")
+                 + (f" (held-out train {metrics['select_mAP']:.2f})" if "select_mAP" in metrics
+                    else "") + f"  CF1 {metrics['CF1']:.2f}  OF1 {metrics['OF1']:.2f}  "
                  f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s eval)")
         dist.barrier()
 
@@ -443,6 +554,10 @@ class Trainer:
             else dict(bb.preprocess),
             "mask_hash": self.exp.mask_hash,
             "label_hash": self.exp.train.label_hash(),
+            # where the data was, resolved: a checkpoint opened from another folder finds it
+            "paths": {k: os.path.abspath(os.path.expanduser(v))
+                      for k in ("data.root", "data.val_root")
+                      if isinstance(v := OmegaConf.select(self.cfg, k), str) and v},
             "epoch": self.epoch,
             "model": state,
             "backbone_digest": digest,
@@ -452,6 +567,7 @@ class Trainer:
             "rng": rng_state(),
             "history": self.history,
             "best": dict(self.best),
+            "stopped_early": self.stopped_early,
             "metrics": {k: float(v) for k, v in metrics.items()},
             **({"plugins": self.plugins.state_dict()} if len(self.plugins) else {}),
         }
@@ -475,7 +591,11 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
+        if self.history and int(self.history[0].get("epoch", 1)) == 0:
+            for row in self.history:  # checkpoints of earlier releases counted epochs from 0
+                row["epoch"] = int(row["epoch"]) + 1
         self.best = dict(ckpt["best"])
+        self.stopped_early = bool(ckpt.get("stopped_early", False))
         if dist.is_main():
             self._repair_best(ckpt)
         log.info(f"resumed {path} after epoch {self.epoch}")
@@ -519,10 +639,14 @@ class Trainer:
 
     def final_metrics(self) -> dict:
         last = self.history[-1] if self.history else {}
-        best = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
+        best = next((r for r in self.history if r["epoch"] == self.best["epoch"] + 1), {})
         val = self.exp.val
         return {"run_dir": str(self.run_dir), "epochs": self.epoch, "last": last, "best": best,
-                "best_epoch": self.best["epoch"],
+                # every epoch number counts from 1, as the console and summary.csv do
+                "epoch_numbering": "from 1",
+                "best_epoch": self.best["epoch"] + 1 if best else None,
+                "best_chosen_on": self.selection_note(),
+                "stopped_early": self.stopped_early,
                 # classes without a positive in the evaluation split are left out of mAP, CP, CR
                 "classes_left_out_of_mAP": [c for c, has in zip(val.classes,
                                                                 (val.labels == 1).any(0)) if not has],
@@ -531,6 +655,17 @@ class Trainer:
 
     def _write_metrics_json(self):
         rundir.write_json(self.run_dir / rundir.METRICS, self.final_metrics())
+
+
+def resume_refusal(run_dir, refused: dict) -> str:
+    """The one-line refusal of a ``--resume`` that would change the run (``{key: (old, new)}``)."""
+    changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:8])
+    more = f" and {len(refused) - 8} more" if len(refused) > 8 else ""
+    return (f"--resume: {run_dir} was trained with other settings than these ({changes}{more}); "
+            f"a resumed run keeps the settings its checkpoints were trained with (it may change "
+            f"only train.epochs under a step or constant schedule, and where or how fast it runs: "
+            f"{', '.join(k.rstrip('.') for k in rundir.SAFE_KEYS)}); start a new run in another "
+            f"run.dir to train with other settings")
 
 
 def _worker_init(worker_id: int):

@@ -67,7 +67,8 @@ class EpochContext:
     epoch : the epoch about to start (0-based)
     seed : the experiment's seed
     partial_labels : (N_train, C) int8, the known labels of the training set (dataset order)
-    show_progress : whether long passes should show a progress bar (None: when on a terminal)
+    show_progress : progress of long passes (None: a bar on a terminal, else a log line every 10%;
+        False: nothing)
     eval_batches : ``eval_batches(desc)`` iterates over the whole training set in evaluation
         mode, this process's shard under DDP (no shuffling, the sampler's padding included),
         yielding ``(batch, outputs)`` with ``batch["index"]`` the dataset indices; the model is

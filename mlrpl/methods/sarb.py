@@ -15,7 +15,9 @@ SARL trunk (semantic features F (B, C, D), graph network, shared classifier) and
   An image without such a class takes no part (SPEC §11.8); ``reference_quirks: true`` gives
   the released behaviour, class 0 blended for an image without an unknown label.
 
-α, β: learnable, init 0.5, clamped to [0, 1]. Blending from E0 = 5.
+α, β: learnable, init 0.5, kept in [0, 1] as released (the parameters clamped in place, so the
+gradient still reaches a coefficient on 0 or 1, and a soft target of exactly 0 is dropped from
+the loss, not counted as a negative). Blending from E0 = 5.
 Loss: bce(s, y) + 0.05 L_contrast + [ep >= E0](L_ILRB + L_PLRB). Inference: σ(s).
 """
 from __future__ import annotations

@@ -282,5 +282,5 @@ def cft_checkpoint(path, out=None, options=(), force: bool = False) -> dict:
     new["model"] = {k: v for k, v in model.state_dict().items() if k in ckpt["model"]}
     new["metrics"] = {k: float(v) for k, v in after.items()}
     new["cft"] = {"from": str(path), "config": OmegaConf.to_container(conf), **stats}
-    atomic_save(new, out)
+    atomic_save(new, out, keep_old=force)
     return {"before": before, "after": after, "stats": stats, "out": str(out)}

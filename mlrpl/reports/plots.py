@@ -127,7 +127,7 @@ def plot_training_curves(summary: list[dict], png, title: str = "") -> Path:
     """Loss terms (left) and evaluation mAP / CF1 / OF1 (right) per epoch, best epoch marked."""
     fig, axes = _figure(11, 4.2, ncols=2)
     ax1, ax2 = axes[0, 0], axes[0, 1]
-    epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(summary)]
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(summary)]  # from 1 (read_summary)
     losses = ordered(k for r in summary for k in r if k.startswith("loss_"))
     if len(losses) == 2 and "loss_total" in losses:  # the total of one term is that term
         losses.remove("loss_total")
@@ -205,7 +205,7 @@ def plot_pseudo_labels(summary: list[dict], png, title: str = "") -> Path | None
     colors = _colors(sources)
     fig, axes = _figure(11, 4.2, ncols=2)
     ax1, ax2 = axes[0, 0], axes[0, 1]
-    epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(summary)]
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(summary)]  # from 1 (read_summary)
     for s in sources:
         for part, ls in (("precision", "-"), ("recall", "--")):
             key = f"pl_{s}_{part}"

@@ -155,7 +155,7 @@ def export_thresholds(checkpoint, out=None, plot=None, classes=None, source=None
     text = json.dumps(threshold_table(model, ckpt, checkpoint), indent=1)
     if out is not None:
         from mlrpl.files import atomic_write_text
-        atomic_write_text(out, text + "\n")
+        atomic_write_text(out, text + "\n", keep_old=force)
     if plot is not None:
         plot_score_distributions(model, ckpt, plot, classes, source)
     return text

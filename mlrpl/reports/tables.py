@@ -99,8 +99,7 @@ def run_row(run_dir, sweep_dir=None, meta: dict | None = None) -> dict:
         "action": rec.get("action", ""),
         "epochs": int(metrics.get("epochs", 0) or 0),
         "epochs_configured": epochs_conf,
-        "best_epoch": (int(metrics["best_epoch"]) + 1
-                       if metrics.get("best_epoch") is not None and metrics.get("best") else None),
+        "best_epoch": rundir.best_epoch_number(metrics),
         "wall_s": rec.get("wall_s_total"),
         **{k: made.get(k) for k in CODE_KEYS},
     }
@@ -153,15 +152,18 @@ def write_results_csv(rows: list[dict], path) -> Path:
     for r in rows:
         cols += [k for k in r if k not in cols and k.startswith("best_")]
     cols.append("error")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    return _write_csv(path, cols, [{k: r.get(k) for k in cols} for r in rows])
+
+
+def _write_csv(path, cols: list[str], rows: list[dict]) -> Path:
+    from mlrpl.files import atomic_write
+
+    def write(fh):
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for r in rows:
             w.writerow({k: _fmt_cell(r.get(k)) for k in cols})
-    tmp.replace(path)
-    return path
+    return atomic_write(path, write, mode="w", newline="")
 
 
 def read_results_csv(path) -> list[dict]:
@@ -425,15 +427,7 @@ def per_class_from_scores(scores, labels, classes, partial=None, train_labels=No
 
 
 def write_per_class(rows: list[dict], path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt_cell(v) for k, v in r.items()})
-    tmp.replace(path)
-    return path
+    return _write_csv(path, list(rows[0]), rows)
 
 
 def per_class_for_run(run_dir, which: str = "last") -> list[dict]:
@@ -484,7 +478,8 @@ def run_markdown(run_dir, per_class: list[dict] | None, plots=()) -> str:
            f"{d.get('known_proportion')} (`{d.get('protocol')}`), seed {cfg.get('seed')}, "
            f"backbone `{mdl.get('backbone')}` (freeze `{mdl.get('freeze')}`)",
            f"- Epochs done: {metrics.get('epochs', 0)} of {(cfg.get('train') or {}).get('epochs')}"
-           + (f"; best epoch on the evaluation split: {int(metrics['best_epoch']) + 1}"
+           + (f"; best epoch: {rundir.best_epoch_number(metrics)} (chosen on "
+              f"{metrics.get('best_chosen_on', 'eval: the evaluation split, optimistic')})"
               if metrics.get("best") else ""), "",
            f"| metric | last epoch | {BEST_LABEL} |", "|---|---:|---:|"]
     for k in EVAL_KEYS:

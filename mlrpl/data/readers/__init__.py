@@ -10,7 +10,31 @@ from mlrpl.data.labelset import LabelSet
 from mlrpl.data.readers.registry import READERS, register_reader
 from mlrpl.errors import DataError
 
-__all__ = ["READERS", "read_dataset", "register_reader"]
+__all__ = ["READERS", "read_dataset", "recorded_defaults", "register_reader",
+           "with_recorded_defaults"]
+
+
+def recorded_defaults(name) -> dict:
+    """The reader options of dataset `name` whose default decides what the labels mean, with
+    their defaults (VOC: ``difficult``)."""
+    from mlrpl.data.readers import voc
+    if name in voc.READER_NAMES:
+        return {"difficult": voc.DIFFICULT_DEFAULT}
+    return {}
+
+
+def with_recorded_defaults(config: dict) -> dict:
+    """A plain config dict (config.yaml, a checkpoint's config) with the reader options that
+    decide what the labels mean filled in with their defaults where it leaves them out, so that
+    the record says how the labels were read and a record made before an option was filled in
+    compares equal to one made after. Returns a new dict; `config` is not changed."""
+    data = config.get("data") if isinstance(config, dict) else None
+    defaults = recorded_defaults(data.get("dataset")) if isinstance(data, dict) else {}
+    if not defaults:
+        return config
+    options = data.get("reader_options")
+    options = options if isinstance(options, dict) else {}
+    return {**config, "data": {**data, "reader_options": {**defaults, **options}}}
 
 
 def read_dataset(name: str, root, split: str | None = None, **options) -> LabelSet:

@@ -14,9 +14,11 @@ header (first line):
   tokens compare as numbers (``1.0`` is ``1``), others without case (``NaN`` is ``nan``).
   ``encoding=`` (``hcp``: +1/-1/0, ``asl``: 1/0/-1; see :mod:`mlrpl.data.encoding`) reads the
   cells as one of the two integer encodings instead (blank cells are then unknown too). A file
-  without blanks that holds a 0 is ambiguous between the two encodings and needs ``encoding=``;
-  one of only 1 and -1 reads as ``hcp``. With ``classes=`` given, the header must name the same
-  classes; the columns are put in the order of ``classes``.
+  without blanks is fully labelled: one of only 1 and 0 reads 0 as negative (``asl``, said in
+  ``meta["encoding_rule"]``, which training logs and records), one of only 1 and -1 as ``hcp``;
+  one that holds both 0 and -1 is ambiguous (one of them must mean unknown) and needs
+  ``encoding=``. With ``classes=`` given, the header must name the same classes; the columns are
+  put in the order of ``classes``.
 * **long layout** -- header ``image,label,value`` (``label`` may be called ``class``): one row per
   annotated (image, class) pair, the value a positive or negative token as above (an explicit
   unknown token is allowed too). A pair that has no row is unknown: the OpenImages convention.
@@ -32,7 +34,8 @@ line, or a YAML with ``names:``) or else the sorted union of the names seen in t
 Any layout may carry a ``split`` column (e.g. ``train`` / ``val``): ``split=`` then keeps the rows
 of that split. A split given for a single file without that column is an error (the file is one
 split: hold part of it out, or give the evaluation file separately). An image listed twice (an
-(image, class) pair, in the long layout) is an error naming both lines. Blank lines are skipped.
+(image, class) pair, in the long layout) is an error naming both lines; two spellings of one file
+(``./img/a.jpg``, ``img/a.jpg``, its absolute path) are the same image. Blank lines are skipped.
 Items are the ``image`` column, relative to the csv's directory (or to ``image_root=``).
 
 NPY (reader ``npy``)
@@ -48,6 +51,7 @@ from __future__ import annotations
 import csv
 import difflib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +63,9 @@ from mlrpl.data.readers.common import read_lines, read_names
 from mlrpl.errors import DataError, require_file
 
 _LIST_HEADERS = (["image", "labels"], ["image", "labels", "unknown"])
+# How a wide file of 1 and 0 cells without blanks (the common fully labelled spreadsheet) reads.
+DENSE_01_RULE = ("no blank cell and no -1: every label is known, 1 = positive, 0 = negative "
+                 "(read as encoding 'asl'; blank cells would be unknown)")
 _LONG_HEADERS = (["image", "label", "value"], ["image", "class", "value"])
 _ALL_VALUES = sorted({v for enc in ENCODINGS.values() for v in enc})
 ABSENT_CHOICES = ("negative", "unknown")
@@ -267,18 +274,20 @@ def read_csv(root, split: str | None = None, classes=None, encoding: str | None 
     root_dir = str(Path(image_root) if image_root is not None else path.parent)
     meta: dict = {}
     if lowered in _LIST_HEADERS:
-        items, names, labels = _read_list_layout(path, rows, len(cols), classes, absent)
+        items, names, labels = _read_list_layout(path, rows, len(cols), classes, absent, root_dir)
         meta.update(layout="list", encoding=None, absent=absent)
     elif lowered in _LONG_HEADERS:
-        items, names, labels = _read_long_layout(path, rows, classes, encoding, tokens)
+        items, names, labels = _read_long_layout(path, rows, classes, encoding, tokens, root_dir)
         meta.update(layout="long", encoding=encoding)
     else:
         items, names, labels, used = _read_wide_layout(path, cols, header_line, rows, classes,
-                                                       encoding, tokens)
+                                                       encoding, tokens, root_dir)
         if isinstance(used, Tokens):
             meta.update(layout="dense", encoding=None, tokens=used.as_options())
         else:
             meta.update(layout="dense", encoding=used)
+            if encoding is None and used == "asl":
+                meta["encoding_rule"] = DENSE_01_RULE
     if splits is not None and lowered not in _LONG_HEADERS:
         meta["splits"] = splits
     elif splits is not None:
@@ -302,17 +311,32 @@ def _image_cell(path: Path, ln: int, row: list[str]) -> str:
     return image
 
 
-def _check_unique_images(path: Path, parsed_images: list[tuple[int, str]]):
-    """An image listed twice is an error naming it and both lines (which labels would win?)."""
-    seen: dict[str, int] = {}
+def image_key(root_dir: str, image: str) -> str:
+    """One spelling for every way of naming the same image file: the path resolved against
+    `root_dir` (``./img/a.jpg``, ``img/a.jpg``, ``img/../img/a.jpg`` and the absolute path are one
+    key; so are two symbolic links to one file)."""
+    return os.path.normcase(os.path.realpath(os.path.join(root_dir, image)))
+
+
+def _twice(image: str, first: str, first_ln: int, ln: int) -> str:
+    same = "" if image == first else f" (as {first!r} on line {first_ln}: the same file)"
+    return f"image {image!r} is listed twice (lines {first_ln} and {ln}){same}"
+
+
+def _check_unique_images(path: Path, parsed_images: list[tuple[int, str]], root_dir: str):
+    """An image listed twice, under any spelling of its path, is an error naming it and both
+    lines (which labels would win?)."""
+    seen: dict[str, tuple[int, str]] = {}
     for ln, image in parsed_images:
-        if image in seen:
-            raise DataError(f"image {image!r} is listed twice (lines {seen[image]} and {ln}); "
-                            f"give each image one row", path=path, line=ln, field="image")
-        seen[image] = ln
+        key = image_key(root_dir, image)
+        if key in seen:
+            first_ln, first = seen[key]
+            raise DataError(f"{_twice(image, first, first_ln, ln)}; give each image one row",
+                            path=path, line=ln, field="image")
+        seen[key] = (ln, image)
 
 
-def _read_list_layout(path: Path, rows, width: int, classes, absent: str = "negative"):
+def _read_list_layout(path: Path, rows, width: int, classes, absent: str, root_dir: str):
     header = "image,labels" + (",unknown" if width == 3 else "")
     parsed = []
     for ln, row in rows:
@@ -324,7 +348,7 @@ def _read_list_layout(path: Path, rows, width: int, classes, absent: str = "nega
             raise DataError(f"class {both[0]!r} listed both in 'labels' and in 'unknown'",
                             path=path, line=ln)
         parsed.append((ln, _image_cell(path, ln, row), pos, unk))
-    _check_unique_images(path, [(ln, image) for ln, image, _, _ in parsed])
+    _check_unique_images(path, [(ln, image) for ln, image, _, _ in parsed], root_dir)
     if classes is not None:
         names = _class_list(classes)
     else:
@@ -343,22 +367,24 @@ def _read_list_layout(path: Path, rows, width: int, classes, absent: str = "nega
     return [image for _, image, _, _ in parsed], names, labels
 
 
-def _read_long_layout(path: Path, rows, classes, encoding, tokens: Tokens):
+def _read_long_layout(path: Path, rows, classes, encoding, tokens: Tokens, root_dir: str):
     header = "image,label,value"
-    order: dict[str, int] = {}
+    order: dict[str, int] = {}    # image key -> item index
+    spelling: dict[str, str] = {}  # image key -> the item (its first spelling)
     entries = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
     for ln, row in rows:
         _check_width(path, ln, row, 3, header)
         image = _image_cell(path, ln, row)
         name = row[1].strip()
         if not name:
             raise DataError("empty class name", path=path, line=ln, field="label")
-        if (image, name) in seen:
-            raise DataError(f"image {image!r} and class {name!r} are listed twice (lines "
-                            f"{seen[image, name]} and {ln}); give each pair one row",
-                            path=path, line=ln, field="label")
-        seen[image, name] = ln
+        key = image_key(root_dir, image)
+        if (key, name) in seen:
+            first_ln, first = seen[key, name]
+            raise DataError(f"{_twice(image, first, first_ln, ln)} with class {name!r}; give each "
+                            f"(image, class) pair one row", path=path, line=ln, field="label")
+        seen[key, name] = (ln, image)
         if encoding is not None and norm_token(row[2]) not in tokens.unknown:
             pos, neg, _ = ENCODINGS[encoding]
             v = _parse_value(row[2], path, ln, "value")
@@ -369,21 +395,22 @@ def _read_long_layout(path: Path, rows, classes, encoding, tokens: Tokens):
             value = POS if v == pos else NEG if v == neg else UNK
         else:
             value = tokens.value(row[2], path, ln, "value")
-        order.setdefault(image, len(order))
-        entries.append((ln, image, name, value))
+        order.setdefault(key, len(order))
+        spelling.setdefault(key, image)
+        entries.append((ln, key, name, value))
     if classes is not None:
         names = _class_list(classes)
     else:
         names = sorted({name for _, _, name, _ in entries})
     col = {c: j for j, c in enumerate(names)}
     labels = np.zeros((len(order), len(names)), dtype=np.int8)  # an absent pair is unknown
-    for ln, image, name, value in entries:
+    for ln, key, name, value in entries:
         if name not in col:
             raise DataError(f"unknown class name {name!r}{_suggest(name, names)} (the classes "
                             f"are the {len(names)} names given by classes=)", path=path, line=ln,
                             field="label")
-        labels[order[image], col[name]] = value
-    return list(order), names, labels
+        labels[order[key], col[name]] = value
+    return [spelling[k] for k in order], names, labels
 
 
 def _parse_value(text: str, path: Path, ln: int, field: str) -> int:
@@ -403,7 +430,7 @@ def _parse_value(text: str, path: Path, ln: int, field: str) -> int:
 
 
 def _read_wide_layout(path: Path, cols: list[str], header_line: int, rows, classes, encoding,
-                      tokens: Tokens):
+                      tokens: Tokens, root_dir: str):
     names = cols[1:]
     if any(not c for c in names):
         raise DataError(f"empty class name in column {names.index('') + 2}", path=path,
@@ -419,22 +446,25 @@ def _read_wide_layout(path: Path, cols: list[str], header_line: int, rows, class
         items.append(_image_cell(path, ln, row))
         cells.append(row[1:])
         lines.append(ln)
-    _check_unique_images(path, list(zip(lines, items)))
+    _check_unique_images(path, list(zip(lines, items)), root_dir)
     normed = [[norm_token(v) for v in r] for r in cells]
     has_unknown_token = any(t in tokens.unknown for r in normed for t in r)
 
     if encoding is None and not tokens.explicit and not has_unknown_token:
-        # No blanks: the cells are one of the two integer encodings (as before tokens existed).
+        # No blanks: every cell is known. 1/-1 and 1/0 each have one reading (the negative is
+        # whichever of -1 and 0 the file uses); 1/0/-1 has two, told apart only by the user.
         values = _int_matrix(path, cells, lines, names)
-        if (values == 0).any():
+        if (values == 0).any() and (values == -1).any():
             i, j = (int(x) for x in np.argwhere(values == 0)[0])
+            k, m = (int(x) for x in np.argwhere(values == -1)[0])
             raise DataError(
-                f"dense labels are ambiguous: both encodings use the values 1, 0, -1 ('hcp': "
-                f"+1/-1/0 = positive/negative/unknown, 'asl': 1/0/-1 = positive/negative/unknown), "
-                f"and this file holds 0 (first at line {lines[i]}, class {names[j]!r}); name the "
-                f"encoding with encoding='hcp' or encoding='asl' (or the unknown token with "
-                f"unknown=)", path=path)
-        encoding = "hcp"
+                f"dense labels are ambiguous: the file has no blank cell and holds both 0 (first "
+                f"at line {lines[i]}, class {names[j]!r}) and -1 (first at line {lines[k]}, "
+                f"class {names[m]!r}), so one of them means unknown: 'hcp' reads 1/-1/0 as "
+                f"positive/negative/unknown, 'asl' reads 1/0/-1 as positive/negative/unknown; "
+                f"name the encoding with encoding='hcp' or encoding='asl' (--encoding; "
+                f"data.reader_options.encoding when training)", path=path)
+        encoding = "asl" if (values == 0).any() else "hcp"
     if encoding is not None:
         values = _int_matrix(path, cells, lines, names, unknown=tokens.unknown)
         pos, neg, unk = ENCODINGS[encoding]

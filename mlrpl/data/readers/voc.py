@@ -27,6 +27,17 @@ VOC_CLASSES = [
     "tvmonitor",
 ]
 _DIFFICULT = {"negative": -1, "ignore": 0}
+DIFFICULT_DEFAULT = "negative"
+READER_NAMES = ("voc2007", "voc2012", "voc")
+
+
+def difficult_rule(difficult: str, option: str = "data.reader_options.difficult=") -> str:
+    """One line saying what the VOC difficult entries are, and how to change it (`option`: how
+    the option is spelled where the line is shown, ``--difficult `` on the command line)."""
+    if difficult == "ignore":
+        return (f"VOC difficult entries: unknown ({option}ignore; the HCP rule, {option}negative, "
+                f"counts them as negatives)")
+    return f"VOC difficult entries: negative (the HCP rule; {option}ignore makes them unknown)"
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -78,7 +89,7 @@ def _find_root(root: Path) -> Path:
                     "(or a VOCdevkit folder holding one VOC20xx)", path=root)
 
 
-def read_voc(root, split: str | None = "trainval", difficult: str = "negative",
+def read_voc(root, split: str | None = "trainval", difficult: str = DIFFICULT_DEFAULT,
              source: str = "auto", classes: list[str] | None = None) -> LabelSet:
     """Read VOC labels of `split` under `root` (a ``VOC2007``-style folder).
 
@@ -141,9 +152,10 @@ def read_voc(root, split: str | None = "trainval", difficult: str = "negative",
 
     items = [f"JPEGImages/{i}.jpg" for i in ids]
     return LabelSet(items, classes, labels, root=str(root),
-                    source=f"voc:{root}:{split}", meta={"ids": ids, "difficult": difficult})
+                    source=f"voc:{root}:{split} (difficult={difficult})",
+                    meta={"ids": ids, "difficult": difficult})
 
 
-@register_reader("voc2007", "voc2012", "voc")
+@register_reader(*READER_NAMES)
 def _reader(root, split=None, **options):
     return read_voc(root, split or "trainval", **options)

@@ -13,14 +13,20 @@ soft positive target:
   is the method's: k-means for SARB, a location-aware quadrant prototype for DSRB).
 
 Every other entry keeps its feature and its label; the soft partial BCE of a blended forward
-counts the known entries and the blended ones. An entry that is known is never blended, and an
-image without an eligible unknown entry takes no part in prototype blending (SPEC §11.8: the
-released SARB overwrote class 0; ``reference_quirks: true`` restores that).
+counts the known entries and the blended ones (those whose soft target is above 0). An entry
+that is known is never blended, and an image without an eligible unknown entry takes no part in
+prototype blending (SPEC §11.8: the released SARB overwrote class 0; ``reference_quirks: true``
+restores that).
 
-α and β are learnable scalars (init 0.5) clamped to [0, 1]: in the forward (functional clamp) and
-in place after every optimiser step (``update_state``), as the released code kept the parameters
-themselves in the unit interval. They receive gradients through the blended features and through
-the soft targets.
+α and β are learnable scalars (init 0.5) kept in [0, 1] as the released code kept them: the
+parameters themselves are clamped in place after every optimiser step (``update_state``), and the
+forward uses the clamped value with the gradient of the parameter (:func:`unit_interval`), so a
+coefficient that sits on 0 or 1 still receives its gradient (a projected gradient step, as the
+release's in-place clamp of ``.data`` before use; ``torch.clamp`` would pass none on the bound and
+could pin it there). They receive gradients through the blended features and through the soft
+targets. A blended entry whose soft target is exactly 0 (α = 1 or β = 1: its feature is its own)
+is dropped from the loss, as in the released loss, which counts a target above 0 as a positive,
+below 0 as a negative and 0 as unknown; it is not taught to be a negative.
 
 Randomness (the class drawn per image, SARB's k, DSRB's quadrant offset) comes from torch's
 global CPU generator inside ``forward``, which the trainer seeds per epoch and process.
@@ -78,15 +84,24 @@ def prototype_blend(semantic: torch.Tensor, target: torch.Tensor, chosen: torch.
     return blended, sel, soft_targets(target, sel, 1 - beta)
 
 
+def unit_interval(coefficient: torch.Tensor) -> torch.Tensor:
+    """``coefficient`` clamped into [0, 1] in value, with the gradient of ``coefficient`` itself
+    (straight through the clamp, also on and beyond the bounds). Inside [0, 1] it is
+    ``coefficient`` bit for bit, with the same gradient."""
+    return coefficient + (coefficient.clamp(0, 1) - coefficient).detach()
+
+
 def soft_targets(target: torch.Tensor, selected: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Targets of a blended forward: ``value`` (a scalar tensor, with its graph) on the selected
     entries, 1 / 0 on known positives / negatives elsewhere, 0 on unknown ones (weight 0)."""
     return torch.where(selected, value, (target > 0).to(value.dtype))
 
 
-def blend_weight(target: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """The entries a blended forward's soft BCE counts: known ones and blended ones."""
-    return (target != 0) | selected
+def blend_weight(target: torch.Tensor, selected: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """The entries a blended forward's soft BCE counts: known ones and blended ones whose soft
+    target is above 0 (a soft target of exactly 0, from α = 1 or β = 1, is dropped as the
+    released loss dropped it)."""
+    return (target != 0) | (selected & (soft.detach() > 0))
 
 
 # ---- counters for summary.csv -------------------------------------------------------------------
@@ -186,7 +201,7 @@ class BlendingMethod(SARLMethod):
 
     # ---- forward -----------------------------------------------------------------------------
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.alpha.clamp(0, 1), self.beta.clamp(0, 1)
+        return unit_interval(self.alpha), unit_interval(self.beta)
 
     def is_active(self, epoch: int) -> bool:
         return epoch >= int(self.cfg.start_epoch)
@@ -220,7 +235,7 @@ class BlendingMethod(SARLMethod):
             out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
                                        if len(rows[module]) else out["logits"])
             out[f"soft_{module}"] = soft
-            out[f"weight_{module}"] = blend_weight(target, sel)
+            out[f"weight_{module}"] = blend_weight(target, sel, soft)
             out[f"blend_{module}"] = sel
 
     # ---- loss and state ----------------------------------------------------------------------
@@ -240,7 +255,7 @@ class BlendingMethod(SARLMethod):
 
     @torch.no_grad()
     def update_state(self, outputs, batch):
-        # The released code clamped the parameters themselves into [0, 1].
+        # The released code kept the parameters themselves in [0, 1] (an in-place clamp).
         self.alpha.clamp_(0, 1)
         self.beta.clamp_(0, 1)
         self.blend_stats.update(outputs, batch, float(self.alpha), float(self.beta))

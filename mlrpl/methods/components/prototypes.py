@@ -48,7 +48,7 @@ def kmeans_prototypes(features: np.ndarray, classes: np.ndarray, num_classes: in
     dim = features.shape[1] if features.ndim == 2 else 0
     protos = np.zeros((num_classes, k, dim), dtype=np.float32)
     valid = np.zeros((num_classes, k), dtype=bool)
-    for c in progress(range(num_classes), desc="k-means", enable=show_progress):
+    for c in progress(range(num_classes), desc="k-means per class", enable=show_progress):
         x = features[classes == c]
         if len(x) == 0:
             continue
@@ -72,7 +72,7 @@ def collect_positive_features(ctx, key: str = "semantic") -> tuple[torch.Tensor,
     tensors (features (N, D) float32, classes (N,) long)."""
     idx, cls, feats = [], [], []
     device = None
-    for batch, outputs in ctx.eval_batches("prototypes"):
+    for batch, outputs in ctx.eval_batches("prototype features"):
         per_class = outputs[key]
         device = per_class.device
         b, c = (batch["target"] > 0).nonzero(as_tuple=True)
