@@ -1,5 +1,8 @@
-# make demo  : set up .venv when missing, then run the demo (issue 3)
+# make demo  : set up .venv when missing, then run the demo (mlrpl demo: pbce on COCO128)
 # make test  : set up .venv when missing, then run the whole test suite
+# make setup : install, again whenever pyproject.toml or constraints.txt changes; the exact
+#              versions come from constraints.txt (pyproject.toml has lower bounds only), torch
+#              and torchvision from this machine's disk
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,11 +14,11 @@ export MLRPL_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -390,7 +390,7 @@ def main() -> int:
              "purple_cross"]
     np.save(emb, np.random.default_rng(0).normal(size=(6, 7)).astype("f4"))
     (work / "emb.names.txt").write_text("\n".join(names) + "\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MLRPL_FAULT="")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     methods = args.methods.split(",") if args.kills else []
     concurrent_ok = True
     if args.concurrent:

@@ -1,6 +1,7 @@
-"""Paired gains over a baseline in a sweep directory (issue 15): per configuration and known
-proportion, the mean last-epoch mAP over seeds and the mean (min, max) of the per-seed difference
-to the baseline run with the same proportion and seed.
+"""Paired gains over a baseline in a sweep directory (the plug-in, prior, clsl and fine-tuning
+sweeps of benchmarks/RESULTS.md): per configuration and known proportion, the mean last-epoch mAP
+over seeds and the mean (min, max) of the per-seed difference to the baseline run with the same
+proportion and seed.
 
     python benchmarks/paired_gains.py benchmarks/results/voc2007-2k-plugins [--baseline pbce]
 """

@@ -1,4 +1,4 @@
-"""Plug-ins on pbce (issue 15), the fast way: the same Trainer as ``mlrpl train`` and the same
+"""Plug-ins on pbce, the fast way: the same Trainer as ``mlrpl train`` and the same
 configs as configs/sweeps/<set>_plugins_cpu.yaml, but the cached EfficientNet-Lite0 maps are
 average-pooled once in memory and fed as (1280, 1, 1) maps. pbce pools its input first and every
 plug-in measured here acts on pooled features or on logits (LogicMix's mean of maps pools to the

@@ -1,5 +1,5 @@
 """The ImageNet class prior alone (``model.prior: imagenet``, no training, no label of the set
-used): its mAP on a set's evaluation split, i.e. what a trained head adds on top of it (issue 15).
+used): its mAP on a set's evaluation split, i.e. what a trained head adds on top of it.
 
     MLRPL_DATA=../shared/data python benchmarks/prior_zero_shot.py --set coco128
     MLRPL_DATA=../shared/data python benchmarks/prior_zero_shot.py --set voc2007-2k --top-k 1 3 10

@@ -11,7 +11,7 @@ from mlrpl.version import __version__
 
 _EXPORTS = {"load": "mlrpl.api", "train": "mlrpl.api", "evaluate": "mlrpl.api",
             "Predictor": "mlrpl.api", "create_method": "mlrpl.methods.registry",
-            "list_methods": "mlrpl.methods.registry"}
+            "list_methods": "mlrpl.methods.registry", "list_plugins": "mlrpl.plugins.registry"}
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -85,10 +85,7 @@ def train(config=None, overrides=(), resume: bool = False, **options) -> Path:
     ['best.pt', 'last.pt']
     """
     from mlrpl.config import load_config
-    try:  # moved out of the engine (issue 10)
-        from mlrpl import dist
-    except ImportError:
-        from mlrpl.engine import dist
+    from mlrpl import dist
     from mlrpl.engine.trainer import Trainer
     overrides = list(overrides) + [f"{k.replace('__', '.')}={_yaml(v)}"
                                    for k, v in options.items()]

@@ -104,9 +104,22 @@ def reachable(name: str) -> set[str]:
 
 
 def code_digest(module: str) -> str:
-    """sha256 (16 hex digits) of the files of ``module`` and every package module it reaches."""
+    """sha256 (16 hex digits) of the code of ``module`` and every package module it reaches: of
+    their syntax trees without docstrings, so that comments, docstrings and layout do not count
+    (a change of documentation does not make a sweep train its runs again)."""
     h = hashlib.sha256()
     files = modules()
     for m in sorted(reachable(module)):
-        h.update(m.encode() + b"\0" + files[m].read_bytes() + b"\0")
+        h.update(m.encode() + b"\0" + _code_only(files[m]).encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+def _code_only(path: Path) -> str:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)

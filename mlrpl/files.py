@@ -153,8 +153,10 @@ def atomic_write(path, write, mode: str = "wb", keep_old: bool = False,
 
     `keep_old`: an existing `path` (a user's file replaced with ``--force``) is moved aside to
     ``<name>.replaced-<time>`` just before the rename, never deleted; the move is logged.
-    `before_rename`: called between the fsync and the rename (the fault suite's kill point)."""
+    `before_rename`: called between the fsync and the rename (the fault suite's kill point).
+    Temporary files of `path` left by killed writers are removed first."""
     path = Path(path)
+    remove_stale_temps_of(path)
     tmp = temp_name(path)
     try:
         with disk_errors(path):

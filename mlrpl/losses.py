@@ -8,14 +8,18 @@ run takes part in the same backward.
 ===============================  ==========================  =====================================
 loss                             shapes                      used by
 ===============================  ==========================  =====================================
-:func:`partial_bce`              (B, C), (B, C) -> ()        every method (SPEC §1)
-:func:`soft_partial_bce`         (B, C), (B, C), (B, C)      blending with soft targets (SPEC §5)
-:func:`asymmetric_loss`          (B, C), (B, C) -> ()        CLSL (known labels, SPEC §8)
+:func:`partial_bce`              (B, C), (B, C) -> ()        every method
+:func:`soft_partial_bce`         (B, C), (B, C), (B, C)      blending with soft targets (SARB/DSRB)
+:func:`asymmetric_loss`          (B, C), (B, C) -> ()        CLSL (known labels)
 :func:`soft_asymmetric_loss`     (B, C), (B, C) -> ()        CLSL (recovered soft targets)
-:func:`cooccurrence_focal`       (...), (...) -> (...)       SST/HST co-occurrence head (SPEC §3)
-:func:`instance_contrastive`     (B, C, D), (B, C) -> ()     SST/HST cross-image term (SPEC §1)
-:func:`ranking_loss`             (B, C), (B, C) -> ()        SATL, the ``ranking`` plug-in (§11.11)
+:func:`cooccurrence_focal`       (...), (...) -> (...)       SST/HST co-occurrence head
+:func:`instance_contrastive`     (B, C, D), (B, C) -> ()     SST/HST/SARB/DSRB cross-image term
+:func:`ranking_loss`             (B, C), (B, C) -> ()        SATL, the ``ranking`` plug-in
 ===============================  ==========================  =====================================
+
+The equations: docs/methods/README.md#shared-losses (partial BCE, instance contrastive loss),
+docs/methods/sarb.md#equations (soft partial BCE), docs/methods/clsl.md#equations (ASL),
+docs/methods/sst.md#equations (co-occurrence loss), docs/methods/satl.md#equations (ranking).
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 
 
 def partial_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over known entries only (SPEC §1, the HCP ``BCELoss``).
+    """Mean binary cross-entropy over known entries only (the HCP ``BCELoss``;
+    docs/methods/README.md#partial-bce).
 
     Parameters
     ----------
@@ -74,7 +79,8 @@ def soft_partial_bce(logits: torch.Tensor, soft_targets: torch.Tensor,
 
 def asymmetric_loss_elements(logits: torch.Tensor, t: torch.Tensor, gamma_pos: float = 0.0,
                              gamma_neg: float = 4.0, clip: float = 0.05, eps: float = 1e-8,
-                             focal: str = "parts", detach_focal: bool = False) -> torch.Tensor:
+                             focal: str = "parts", detach_focal: bool = False,
+                             clip_form: str = "prob") -> torch.Tensor:
     """Element-wise asymmetric loss (ASL, Ridnik et al. 2021) against targets t in [0, 1].
 
     With p = σ(s), the shifted probability p_m = max(p − clip, 0) and the cross-entropy parts
@@ -83,10 +89,16 @@ def asymmetric_loss_elements(logits: torch.Tensor, t: torch.Tensor, gamma_pos: f
     - ``focal="parts"``: t · (1 − p)^γ⁺ · L⁺ + (1 − t) · p_m^γ⁻ · L⁻ (each part its own weight);
     - ``focal="joint"``: (t · L⁺ + (1 − t) · L⁻) · (1 − p_t)^(γ⁺ t + γ⁻ (1 − t)) with
       p_t = t · p + (1 − t) · (1 − p_m): the ASL authors' ``AsymmetricLossOptimized``, which CLSL's
-      released code uses, soft targets included (SPEC §8).
+      released code uses, soft targets included (docs/methods/clsl.md#equations).
 
     The two forms are equal for hard targets (t ∈ {0, 1}). ``detach_focal``: the focal weights
     carry no gradient (the authors' ``disable_torch_grad_focal_loss``).
+
+    ``clip_form``: how the shifted pair (p_m, 1 − p_m) is computed. ``"prob"``: p_m = max(p − clip,
+    0), then 1 − p_m; ``"complement"``: 1 − p_m = min(1 − p + clip, 1), then p_m = 1 − (1 − p_m),
+    as the ASL authors' code (``xs_neg``) and the released ``intraAsymmetricLoss`` compute it.
+    The two are equal in exact arithmetic and round differently in floating point; each caller
+    keeps the form its numbers were computed with.
 
     >>> asymmetric_loss_elements(torch.tensor([0.0]), torch.tensor([1.0]))  # -log 0.5
     tensor([0.6931])
@@ -94,14 +106,20 @@ def asymmetric_loss_elements(logits: torch.Tensor, t: torch.Tensor, gamma_pos: f
     logits = logits.float()
     t = t.to(logits.dtype)
     p = torch.sigmoid(logits)
-    p_m = (p - clip).clamp(min=0) if clip and clip > 0 else p
+    if clip_form == "prob":
+        p_m, q_m = (p - clip).clamp(min=0) if clip and clip > 0 else p, None   # q_m: 1 - p_m
+    elif clip_form == "complement":
+        q_m = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p
+        p_m = 1 - q_m
+    else:
+        raise ValueError(f"unknown clip form {clip_form!r}; expected 'prob' or 'complement'")
     loss_pos = -torch.log(p.clamp(min=eps))
-    loss_neg = -torch.log((1 - p_m).clamp(min=eps))
+    loss_neg = -torch.log((1 - p_m if q_m is None else q_m).clamp(min=eps))
     if focal == "joint":
         loss = t * loss_pos + (1 - t) * loss_neg
         if gamma_pos or gamma_neg:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focal):
-                p_t = t * p + (1 - t) * (1 - p_m)
+                p_t = t * p + (1 - t) * (1 - p_m if q_m is None else q_m)
                 w = (1 - p_t).pow(gamma_pos * t + gamma_neg * (1 - t))
             loss = loss * w
         return loss
@@ -162,7 +180,8 @@ def soft_asymmetric_loss(logits: torch.Tensor, soft_targets: torch.Tensor,
                          reduction: str = "mean", focal: str = "parts",
                          detach_focal: bool = False) -> torch.Tensor:
     """ASL against soft targets in [0, 1] on the entries ``weight`` selects (every entry when
-    None): a target of 0 is a negative here, not an unknown (CLSL's recovered labels, SPEC §8).
+    None): a target of 0 is a negative here, not an unknown (CLSL's recovered labels,
+    docs/methods/clsl.md#equations).
 
     ``reduction="mean"`` divides by ``sum(weight)`` (B·C when every entry counts), ``sum`` does
     not divide.
@@ -180,23 +199,22 @@ def soft_asymmetric_loss(logits: torch.Tensor, soft_targets: torch.Tensor,
 
 def cooccurrence_focal(logits: torch.Tensor, target: torch.Tensor, gamma_pos: float = 1.0,
                        gamma_neg: float = 2.0, clip: float = 0.05, eps: float = 1e-8) -> torch.Tensor:
-    """Element-wise asymmetric focal BCE of the co-occurrence head (SPEC §3; the released
-    ``intraAsymmetricLoss``): t = 1 -> -(1-p)^gamma+ log p; t = 0 -> -p_m^gamma- log(1 - p_m),
-    p_m = max(p - clip, 0). The focal weights are not detached (as released).
+    """Element-wise asymmetric focal BCE of the co-occurrence head (the released
+    ``intraAsymmetricLoss``; docs/methods/sst.md#equations): t = 1 -> -(1-p)^gamma+ log p;
+    t = 0 -> -p_m^gamma- log(1 - p_m), p_m = max(p - clip, 0). The focal weights are not detached
+    (as released). It is :func:`asymmetric_loss_elements` with these defaults and
+    ``clip_form="complement"`` (1 - p_m computed as the released code does).
 
     >>> cooccurrence_focal(torch.tensor([0.0]), torch.tensor([1.0]))  # -(0.5) log 0.5
     tensor([0.3466])
     """
-    p = torch.sigmoid(logits.float())
-    t = target.float()
-    p_neg = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p   # = 1 - p_m
-    loss_pos = -(1 - p).pow(gamma_pos) * torch.log(p.clamp(min=eps))
-    loss_neg = -(1 - p_neg).pow(gamma_neg) * torch.log(p_neg.clamp(min=eps))
-    return t * loss_pos + (1 - t) * loss_neg
+    return asymmetric_loss_elements(logits, target, gamma_pos, gamma_neg, clip, eps,
+                                    clip_form="complement")
 
 
 def instance_contrastive(semantic: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-image contrastive loss on semantic features (SPEC §1; released ``ContrastiveLoss``).
+    """Cross-image contrastive loss on semantic features (released ``ContrastiveLoss``;
+    docs/methods/README.md#instance-contrastive-loss).
 
     For every image pair i < j and class c, d = cos(F_ic, F_jc): both known positive -> 1 - d,
     one positive and one negative -> 1 + d, both negative -> 1 + d, any unknown -> excluded.

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlrpl.engine.experiment import open_checkpoint
 from mlrpl.errors import DataError, MlrplError
+from mlrpl.optional import require
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -465,6 +466,7 @@ class Predictor:
     def save_attention(self, path, labels: list[str], out_dir) -> list[Path]:
         """Overlay the attention map of each class in ``labels`` on the image at ``path`` (the
         image as the model sees it, S x S) and write ``<out_dir>/<stem>__<class>.png``."""
+        require("matplotlib", "plot", "--save-attention")
         from matplotlib import colormaps
         from PIL import Image
 

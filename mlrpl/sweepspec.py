@@ -170,8 +170,8 @@ def _dotlist(value, where: str, prefix: str = "") -> list[str]:
 
 def _checked(schema_cls, data, origin: str) -> dict:
     """`data` merged onto the schema (unknown keys and wrong types are errors), as plain data."""
-    from mlrpl.config import _merge
-    node = _merge(OmegaConf.structured(schema_cls), data, origin=origin)
+    from mlrpl.config import checked_merge
+    node = checked_merge(OmegaConf.structured(schema_cls), data, origin=origin)
     return OmegaConf.to_container(node, resolve=False)
 
 

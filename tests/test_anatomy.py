@@ -1,5 +1,5 @@
-"""The method anatomy (issue "One method, one place"): the contract, the registry, recipes, the
-import graph, process-wide settings, and the toy method of docs/adding-a-method.md."""
+"""The method anatomy (one method, one place: docs/decisions.md): the contract, the registry,
+recipes, the import graph, process-wide settings, and the toy method of docs/adding-a-method.md."""
 import importlib
 import logging
 import re
@@ -14,11 +14,12 @@ from mlrpl.codeinfo import cycles, import_graph, reachable
 from mlrpl.errors import ConfigError
 from mlrpl.methods import REGIMES, create_method, list_methods, recipe, register_method
 from mlrpl.methods.base import Method, MethodConfig, MethodContext
+from mlrpl.plugins import list_plugins
 from tests.conftest import REPO
 from tests.test_engine import tiny
 from tests.test_transfer import batch_of
 
-BUILT_IN = ["clsl", "dsrb", "hst", "pbce", "sarb", "satl", "ssgrl", "sst"]
+BUILT_IN = ["clsl", "dsrb", "hst", "pbce", "sarb", "satl", "sr", "ssgrl", "sst"]
 
 
 def context(num_classes=4, channels=6):
@@ -109,6 +110,166 @@ def test_every_hook_is_declared_on_the_base():
         assert getattr(Method, hook).__doc__, f"{hook} has no docstring"
 
 
+# ---- the contract, for every registered method and plug-in (names read at collection) -----------
+METHODS = list_methods()
+# A small build of each method (widths of a few channels, pseudo-labels from the first epoch, loose
+# thresholds so that the state-changing paths run on random features); every registered method
+# needs one here.
+SMALL_CONFIGS = {
+    "pbce": {"dropout": 0.3},
+    "ssgrl": SMALL,
+    "sst": {**SMALL, "start_epoch": 0, "bank_size": 3, "threshold_start": 0.1},
+    "hst": {**SMALL, "start_epoch": 0, "threshold_init": 0.1},
+    "satl": {**SMALL, "start_epoch": 0, "satl": {"min_positives": 1}},
+    "sarb": {**SMALL, "start_epoch": 0},
+    "dsrb": {**SMALL, "start_epoch": 0},
+    "clsl": {"dim": 8, "heads": 2, "ffn_dim": 8, "attention_dim": 4, "hidden_dim": 8},
+    "sr": {"start_epoch": 0, "tau_pos": 0.55, "tau_neg": 0.45},
+}
+LOOP_HOOKS = ("forward", "loss", "update_state", "on_epoch_start", "epoch_stats", "param_groups",
+              "inference_thresholds")
+_MODULE_ATTRS = set(vars(torch.nn.Module()))
+
+
+def _flatten(value, path, out, seen):
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    if isinstance(value, torch.Tensor):
+        out[path] = value.detach().clone()
+    elif isinstance(value, torch.nn.Module):
+        out[path] = "<module>"                       # walked on its own by _everything
+    elif isinstance(value, np.ndarray):
+        out[path] = value.copy()
+    elif isinstance(value, (DictConfig, ListConfig)):
+        out[path] = repr(OmegaConf.to_container(value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{path}[{k!r}]", out, seen)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _flatten(v, f"{path}[{i}]", out, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
+        if id(value) in seen:
+            out[path] = "<seen>"
+            return
+        seen.add(id(value))
+        for k, v in vars(value).items():
+            _flatten(v, f"{path}.{k}", out, seen)
+    else:
+        out[path] = value
+
+
+def _everything(m):
+    """The whole state of a method: its state_dict (BatchNorm statistics aside) and every other
+    attribute of each of its modules (counters in plain tensors, epoch markers, plain numbers)."""
+    out = {f"state:{k}": v for k, v in _state(m).items()}
+    seen = set()
+    for prefix, mod in m.named_modules():
+        for k, v in vars(mod).items():
+            if k not in _MODULE_ATTRS:
+                _flatten(v, f"attr:{prefix}.{k}", out, seen)
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        return torch.equal(a.nan_to_num(), b.nan_to_num()) if a.is_floating_point() \
+            else torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return a == b
+
+
+def _changed(before, after) -> set:
+    """Keys whose value changed, appeared or disappeared."""
+    return (before.keys() ^ after.keys()) | {k for k in before.keys() & after.keys()
+                                             if not _same(before[k], after[k])}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_defines_only_hooks_the_base_declares(name):
+    """The loop calls the base's hooks: a method's hook has the base's parameters, and a hook-like
+    name the base does not declare (it would never be called) is not there."""
+    import inspect
+
+    from mlrpl.methods.registry import get_method_class
+    cls = get_method_class(name)
+    assert issubclass(cls, Method) and cls.name == name
+    assert issubclass(cls.Config, MethodConfig) and cls.Config().name == name
+    assert cls.forward is not Method.forward and cls.loss is not Method.loss, name
+    for hook in LOOP_HOOKS:
+        want = list(inspect.signature(getattr(Method, hook)).parameters)
+        got = list(inspect.signature(getattr(cls, hook)).parameters)
+        assert got == want, f"{name}.{hook}{got}: the base declares {want}"
+    base = set(dir(Method))
+    odd = [a for a in dir(cls) if a not in base
+           and re.fullmatch(r"on_\w+|\w+_(state|stats|hook|start|end)", a)]
+    assert not odd, f"{name} defines hook-like {odd} that the base does not declare"
+
+
+@pytest.mark.parametrize("plugin", list_plugins())
+def test_every_plugin_defines_only_hooks_the_base_declares(plugin):
+    import inspect
+
+    from mlrpl.plugins import get_plugin_class
+    from mlrpl.plugins.base import Plugin, PluginConfig
+    cls = get_plugin_class(plugin)
+    assert issubclass(cls, Plugin) and cls.name == plugin
+    assert issubclass(cls.Config, PluginConfig) and cls.Config().name == plugin
+    hooks = [h for h, v in vars(Plugin).items() if not h.startswith("_")
+             and callable(getattr(Plugin, h)) and not isinstance(v, type)]
+    assert {"transform_batch", "loss", "update_state", "on_epoch_start", "evaluation",
+            "after_resume", "on_train_end", "finalize", "epoch_stats", "check"} <= set(hooks)
+    for hook in hooks:
+        want = list(inspect.signature(getattr(Plugin, hook)).parameters)
+        got = list(inspect.signature(getattr(cls, hook)).parameters)
+        assert got == want, f"{plugin}.{hook}{got}: the base declares {want}"
+    odd = [a for a in dir(cls) if a not in set(dir(Plugin))
+           and re.fullmatch(r"on_\w+|\w+_(state|stats|hook|start|end|resume)", a)]
+    assert not odd, f"{plugin} defines hook-like {odd} that the base does not declare"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_changes_in_update_state_only(name):
+    """One training step as the loop runs it. ``forward`` (twice) changes nothing at all: no
+    parameter, buffer or other attribute (counters, markers); ``loss``, backward and the optimiser
+    step change parameters and nothing else; ``update_state`` afterwards changes no parameter, and
+    changes the method's state when the method overrides it (nothing when it does not)."""
+    assert name in SMALL_CONFIGS, (f"method {name!r} is registered but tests/test_anatomy.py "
+                                   f"SMALL_CONFIGS has no small config for it: add one")
+    torch.manual_seed(0)
+    m = create_method(name, context(), **SMALL_CONFIGS[name]).train()
+    if hasattr(m, "prototypes"):
+        m.prototypes.centres.normal_()
+        m.prototypes.valid.fill_(True)
+    b = batch_of([[1, 0, -1, 0], [1, 1, 0, -1], [0, 1, -1, 1]], epoch=1)
+    params = {f"state:{k}" for k, _ in m.named_parameters()}
+    opt = torch.optim.SGD(m.param_groups(), lr=0.1)
+    before = _everything(m)
+    outs = [m(b["features"], b) for _ in range(2)]
+    assert not _changed(before, _everything(m)), f"{name}: forward changed state"
+    terms = m.loss(outs[0], b, 1)
+    opt.zero_grad()
+    sum(terms.values()).backward()
+    opt.step()
+    stepped = _everything(m)
+    changed = _changed(before, stepped)
+    assert changed & params, f"{name}: the step changed no parameter"
+    assert not changed - params, f"{name}: loss or the step changed {sorted(changed - params)}"
+    m.update_state(outs[0], b)
+    changed = _changed(stepped, _everything(m))
+    assert not changed & params, f"{name}: update_state changed {sorted(changed & params)}"
+    if type(m).update_state is Method.update_state:
+        assert not changed, f"{name}: changed {sorted(changed)} without an update_state"
+    else:
+        assert changed, f"{name}: update_state changed nothing"
+
+
 # ---- registry and recipes ------------------------------------------------------------------------
 def test_factory_and_listing():
     assert mlrpl.list_methods() == list_methods() and set(BUILT_IN) <= set(list_methods())
@@ -136,7 +297,7 @@ def dataclass_config(cls):
 
 
 def test_every_method_declares_a_recipe_for_each_regime_it_runs_in():
-    for name in BUILT_IN:
+    for name in METHODS:
         for regime in ("cpu-cached", "hcp"):
             assert recipe(name, regime) is not None, (name, regime)
     assert recipe("ssgrl", "cpu-cached") == ["method.trunk.dim=256", "method.trunk.attention_dim=128",
@@ -261,3 +422,12 @@ def test_readers_register_by_decorator_and_refuse_a_taken_name():
     assert {"voc2007", "yolo", "coco", "csv", "npy", "vg200", "nuswide"} <= set(READERS.names())
     with pytest.raises(DataError, match="'yolo' is already registered"):
         register_reader("yolo")(lambda root, split, **kw: None)
+
+
+def test_code_digest_ignores_comments_and_docstrings_not_code(tmp_path):
+    from mlrpl.codeinfo import _code_only
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    b.write_text('# a comment\ndef f(x):\n\n    # another\n    return x + 1  # and one\n')
+    c.write_text('def f(x):\n    return x + 2\n')
+    assert _code_only(a) == _code_only(b) != _code_only(c)

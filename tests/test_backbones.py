@@ -41,7 +41,7 @@ def test_registry_lists_builtins():
 
 
 def test_register_custom_backbone(monkeypatch):
-    monkeypatch.setattr(B, "_REGISTRY", dict(B._REGISTRY))
+    monkeypatch.setattr(B._BACKBONES, "_items", dict(B._BACKBONES._items))
 
     class Tiny(Backbone):
         def __init__(self):

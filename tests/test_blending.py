@@ -1,5 +1,5 @@
-"""Representation blending: sarb, dsrb and their components (issue 13; SPEC §5, §6, §11.8,
-§11.10)."""
+"""Representation blending: sarb, dsrb and their components (docs/methods/sarb.md,
+docs/methods/dsrb.md)."""
 import math
 
 import pytest
@@ -81,7 +81,8 @@ def test_prototype_blending_only_touches_unknown_entries(name):
 
 @pytest.mark.parametrize("name", ["sarb", "dsrb"])
 def test_all_known_batch_blends_nothing(name):
-    """SPEC §11.8: with every entry known, blended logits and targets are the plain ones."""
+    """docs/methods/sarb.md D1: with every entry known, blended logits and targets are the plain
+    ones."""
     m = method(name)
     target = [[1, -1, -1, 1], [1, 1, -1, -1], [-1, 1, -1, 1]]
     b = batch_of(target, epoch=1)
@@ -285,7 +286,8 @@ def test_quadrant_means_cap_fallback_occupancy_shrink():
 
 
 def test_pprb_pooled_form_equals_map_form():
-    """SPEC §11.10: prototypes stored pooled and blended on F equal the released map form."""
+    """docs/methods/dsrb.md D1: prototypes stored pooled and blended on F equal the released map
+    form."""
     g = torch.Generator().manual_seed(0)
     n_img, C, H, W, D = 6, 3, 7, 7, 5
     att = torch.softmax(3 * torch.randn(n_img, C, H * W, generator=g), -1)
@@ -414,6 +416,7 @@ json.dump(report, open(f"{out}/report{td.get_rank()}.json", "w"))
 '''
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_prototypes_and_coefficients(shapes, cache_dir, tmp_path):
     from tests.test_transfer import run_two_gloo_processes
     reports = run_two_gloo_processes(_DDP_SCRIPT, shapes, cache_dir, tmp_path)

@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 
 def test_simulate_exact_command_from_project_root(shared_data, tmp_path):
-    """The issue's command, run as a user would (console script, project root)."""
+    """README's ``mlrpl simulate`` command, run as a user would (console script, project root)."""
     out = tmp_path / "mask.txt"
     cmd = [sys.executable, "-m", "mlrpl", "simulate", "--dataset", "voc2007", "--root",
            str(shared_data / "voc2007-labels"), "--split", "trainval", "--known", "0.1",

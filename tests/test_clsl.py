@@ -1,6 +1,6 @@
-"""clsl (issue 14): the SRFL / SGFE equations against hand loops on a small case, the ASL values
-(soft targets, the released focal form, the x1000 scaling), the label-recovery rule, EMA and exact
-resume, and short training runs on the generated shapes set."""
+"""clsl (docs/methods/clsl.md): the SRFL / SGFE equations against hand loops on a small case, the
+ASL values (soft targets, the released focal form, the x1000 scaling), the label-recovery rule, EMA
+and exact resume, and short training runs on the generated shapes set."""
 import json
 import math
 

@@ -1,5 +1,6 @@
-"""The co-occurrence loss's unknown pairs (issue 15): ``cooc_unknown: negative`` (released: a pair
-with an unknown label is "never co-occur") or ``ignore`` (only pairs of two known labels)."""
+"""The co-occurrence loss's unknown pairs (docs/methods/sst.md D3): ``cooc_unknown: negative``
+(released: a pair with an unknown label is "never co-occur") or ``ignore`` (only pairs of two
+known labels)."""
 import pytest
 import torch
 

@@ -11,6 +11,7 @@ from tests.conftest import REPO
 from tests.test_engine import tiny
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_count_every_image_once(tmp_path, cache_dir, capsys):
     from mlrpl.data.synthetic import make_shapes_dataset
     data = make_shapes_dataset(tmp_path / "d", n_train=48, n_val=23, size=64, num_classes=6)

@@ -1,6 +1,6 @@
 """The fault suite, part 1: bad input is one clear error (or an explicit, recorded choice).
 
-Every test here failed on the code before issue 12 (a traceback, a silent wrong result or a
+Each test here pins a failure the code once had (a traceback, a silent wrong result or a
 misleading message). Kill tests and run-directory faults: tests/test_faults_run.py.
 """
 import errno

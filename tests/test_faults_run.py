@@ -47,9 +47,16 @@ def assert_same_run(a, b):
     assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]
 
 
+# The only way to arm a fault point: mlrpl.faults.arm() in the process, before the command runs.
+ARMED = ("import sys; from mlrpl import faults; faults.arm(sys.argv[1]); "
+         "from mlrpl.cli import main; sys.exit(main(sys.argv[2:]))")
+
+
 def cli(args, fault=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), MLRPL_FAULT=fault or "")
-    r = subprocess.run([sys.executable, "-m", "mlrpl", *args], cwd=REPO, env=env,
+    """``mlrpl args`` in a new process; with `fault` (``point[:n]``) that point armed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    start = ["-c", ARMED, fault] if fault else ["-m", "mlrpl"]
+    r = subprocess.run([sys.executable, *start, *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=timeout)
     return r
 
@@ -200,6 +207,7 @@ def test_best_pt_lagging_after_a_kill_is_repaired_and_a_lost_best_is_reported(re
 
 
 # ---- kills at fixed points --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("method, fault", [
     ("pbce", "train.step:9"),                    # mid-epoch 2 (6 steps an epoch)
     ("pbce", "checkpoint.between_renames:1"),    # last.pt of epoch 1 written, best.pt not yet
@@ -219,6 +227,17 @@ def test_kill_at_a_fixed_point_resumes_exactly(reference, shapes, tmp_path, meth
     assert_same_run(ref, run)
 
 
+def test_the_environment_alone_arms_no_fault(reference, shapes, tmp_path, monkeypatch):
+    """MLRPL_FAULT (what used to arm a point) left set in a shell kills nothing."""
+    ref, extra = reference["pbce"]
+    run = tmp_path / "run"
+    monkeypatch.setenv("MLRPL_FAULT", "train.step:1")
+    r = cli(["train", *tiny(shapes, ref.parent / "cache", run, *extra)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(ref, run)
+
+
+@pytest.mark.slow
 def test_kill_during_caching_leaves_no_temp_and_a_rerun_finishes(reference, shapes, tmp_path):
     ref, extra = reference["pbce"]
     run, cache = tmp_path / "run", tmp_path / "cache"
@@ -267,6 +286,7 @@ def _eval_worker(rank, world, init, n, batch, out):
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, n, batch", [(2, 7, 2), (3, 10, 3)])
 def test_distributed_evaluation_equals_one_process(tmp_path, world, n, batch):
     import numpy as np

@@ -185,6 +185,7 @@ def test_a_seed_outside_numpys_range_is_one_line(shapes, cache_dir, tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_run_resumes(shapes, cache_dir, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -237,6 +238,8 @@ def test_version_and_train_help_list_methods_plugins_and_presets(capsys):
 def test_force_moves_a_replaced_file_aside(shapes, tmp_path, capsys):
     out = tmp_path / "labels.csv"
     out.write_text("a user's own spreadsheet\n")
+    stale = tmp_path / ".labels.csv.999999999.tmp"   # a killed writer's (no such process)
+    stale.write_text("half")
     ds = ["--dataset", "yolo", "--root", str(shapes), "--split", "train"]
     assert main(["data", "convert", *ds, "--out", str(out)]) == 2
     assert "refusing to overwrite" in one_error_line(capsys)
@@ -244,6 +247,7 @@ def test_force_moves_a_replaced_file_aside(shapes, tmp_path, capsys):
     [aside] = tmp_path.glob("labels.csv.replaced-*")
     assert aside.read_text() == "a user's own spreadsheet\n"
     assert out.read_text().startswith("image,")
+    assert not stale.exists()  # the next writer of the same output removed it
     mask = tmp_path / "mask.npy"
     mask.write_bytes(b"not mlrpl's")
     assert main(["simulate", *ds, "--known", "0.5", "--out", str(mask), "--force"]) == 0

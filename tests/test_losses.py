@@ -37,8 +37,13 @@ def test_asymmetric_loss_hand_values():
     total = asymmetric_loss(logits, target, gamma_pos=1.0, gamma_neg=4.0, clip=0.05,
                             reduction="sum")
     assert total.item() == pytest.approx(pos + neg, abs=1e-6)
-    # the ASL authors' code sums (CLSL scales the sum by 1000): same terms, another scale
-    assert (1000 * total).item() == pytest.approx(1000 * (pos + neg), rel=1e-6)
+    # two images: the mean divides by the known entries (4), not by B·C (6), nor by the images
+    logits2 = torch.tensor([[0.0, 0.0, 0.0], [math.log(3.0), 5.0, 0.0]])     # p(log 3) = 0.75
+    target2 = torch.tensor([[1, -1, 0], [1, 0, -1]])
+    pos75 = -(0.25 ** 1) * math.log(0.75)
+    got2 = asymmetric_loss(logits2, target2, gamma_pos=1.0, gamma_neg=4.0, clip=0.05)
+    assert got2.item() == pytest.approx((pos + neg + pos75 + neg) / 4, abs=1e-6)
+    assert got2.item() == pytest.approx(0.1168811, abs=1e-6)                 # the number itself
     # gamma = 0, clip = 0: plain BCE on known entries
     plain = asymmetric_loss(torch.tensor([[1.0, -2.0]]), torch.tensor([[1, -1]]), 0.0, 0.0, 0.0)
     assert plain.item() == pytest.approx(partial_bce(torch.tensor([[1.0, -2.0]]),

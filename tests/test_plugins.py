@@ -1,5 +1,6 @@
-"""Plug-ins (issue 15): LogicMix's label rule, CFT's keep-if-better rule, the ranking plug-in on
-any method, distribution pseudo-labels, EMA, exact resume with plug-ins, config checks."""
+"""Plug-ins (docs/methods/baselines.md#plug-ins): LogicMix's label rule, CFT's keep-if-better rule,
+the ranking plug-in on any method, distribution pseudo-labels, EMA, exact resume with plug-ins,
+config checks."""
 import csv
 
 import numpy as np

@@ -1,5 +1,6 @@
 """model.cache_prefix: with freeze: hcp, the frozen layers' output is computed once and the last
-stage trains on it (issue 15, the fine-tuning regime on a few CPU cores)."""
+stage trains on it (the fine-tuning regime on a few CPU cores,
+configs/sweeps/voc2007-2k_finetune_cpu.yaml)."""
 import numpy as np
 import pytest
 import torch

@@ -274,6 +274,7 @@ td.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_distributions_all_reduced_over_two_processes(tmp_path):
     import subprocess
     import sys

@@ -322,6 +322,7 @@ def test_published_table_is_data_with_a_source():
     assert "| SSGRL | 89.5 / 87.7 / 84.5 |" in md and "| ssgrl |" in md
 
 
+@pytest.mark.slow
 def test_sweep_spread_over_two_processes(shapes, cache_dir, tmp_path):
     """torchrun with 2 processes: run i on process i % 2, each a plain single-process run."""
     out = tmp_path / "out"

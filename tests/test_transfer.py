@@ -385,6 +385,7 @@ json.dump(report, open(f"{out}/report{td.get_rank()}.json", "w"))
 '''
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_bank_prototypes_and_statistics(shapes, cache_dir, tmp_path):
     """Under DDP every process holds the same method state (bank, prototypes, thresholds, pseudo-
     label statistics); the prototype pass sees each known positive once, in dataset order."""

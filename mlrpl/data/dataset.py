@@ -20,7 +20,8 @@ _WHITE = (255, 255, 255)
 
 
 def to_rgb(im: Image.Image, path=None) -> Image.Image:
-    """An 8-bit RGB image by the library's rule for each mode (docs/decisions.md, "Images").
+    """An 8-bit RGB image by the library's rule for each mode (docs/decisions.md, "Image conversion
+    rule").
 
     * ``RGB``, ``L``, ``1``, ``YCbCr``: converted as PIL does;
     * 16-bit grayscale (``I;16*``, and ``I`` with values in 0..65535): scaled to 8 bits

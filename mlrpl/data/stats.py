@@ -7,7 +7,8 @@ from mlrpl.data.encoding import POS
 
 
 def cooccurrence_graph(partial: np.ndarray) -> np.ndarray:
-    """Conditional co-occurrence of known positives (SPEC §1, §11.5).
+    """Conditional co-occurrence of known positives (docs/methods/sarl.md#equations, "Label graph";
+    the zero row: docs/methods/sarl.md D1).
 
     ``A[i, j] = #(images where i and j are both known positive) / #(images where i is known
     positive)``, ``A[i, i] = 1``. A class with no known positive gets a zero row with a unit

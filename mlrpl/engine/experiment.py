@@ -87,9 +87,6 @@ def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
             raise ConfigError(f"{d.root}: the file has a 'split' column (values "
                               f"{sorted(set(splits))}); name the splits with data.train_split "
                               f"and data.val_split")
-        if not 0.0 < d.holdout < 1.0:
-            raise ConfigError(f"bad value for 'data.holdout': {d.holdout}; expected a fraction "
-                              f"in (0, 1)")
         train_idx, val_idx = seeded_split(len(train), d.holdout, d.split_seed)
         return train.subset(train_idx), train.subset(val_idx)
     if val.classes != train.classes:

@@ -38,6 +38,7 @@ from mlrpl.errors import ConfigError, MlrplError
 from mlrpl.logs import log_file
 from mlrpl.methods import method_code_digest
 from mlrpl.methods.base import EpochContext, eval_mode
+from mlrpl.optional import require
 from mlrpl.plugins import build_plugins
 from mlrpl.plugins.base import PluginContext, TrainEndContext
 from mlrpl.progress import progress
@@ -88,6 +89,15 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
 class Trainer:
     def __init__(self, cfg, resume: bool = False):
         self.cfg = cfg
+        # TensorBoard events: asked for (true) needs the package, one line now, before the run
+        # starts; null writes them when the package is installed
+        self.tensorboard = bool(cfg.train.tensorboard)
+        if cfg.train.tensorboard:
+            require("tensorboard", "tensorboard", "train.tensorboard=true",
+                    "pass train.tensorboard=false")
+        elif cfg.train.tensorboard is None:
+            import importlib.util
+            self.tensorboard = importlib.util.find_spec("tensorboard") is not None
         self.device = select_device(cfg.train.device)
         dist.init_from_env(self.device.type)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -345,7 +355,7 @@ class Trainer:
     # ---- loop ---------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
-        if dist.is_main() and cfg.train.tensorboard:
+        if dist.is_main() and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.run_dir / rundir.TENSORBOARD))
         stop_at = cfg.train.epochs

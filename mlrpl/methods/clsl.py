@@ -1,7 +1,9 @@
 """``clsl``: co-learning semantic-aware features and label recovery (He et al., arXiv 2510.10055).
 
-SPEC §8 (the released ``models/sarlp.py``), with the project's decision of SPEC §11.12. Not on the
-SARL trunk: the backbone's map is a sequence of P = H·W tokens.
+Described in docs/methods/clsl.md. Follows the released ``models/sarlp.py``
+(github.com/Qingdandian/CLSL) except for the label recovery (docs/methods/clsl.md D1) and the
+loss scaling (docs/methods/clsl.md D2). Not on the SARL trunk: the backbone's map is a sequence
+of P = H·W tokens.
 
 * Encoder: tokens X (B, P, C_f) (``pool``: of the 2x2-average-pooled map, a CPU choice; released:
   none) -> (a linear projection to D when ``dim`` differs from the
@@ -15,7 +17,7 @@ SARL trunk: the backbone's map is a sequence of P = H·W tokens.
 * SGFE (:class:`LowRankBilinearAttention`, :func:`sgfe_pool`): e_{p,c} = w₂ᵀ(W_h tanh((W_x x_p) ⊙
   (W_v v_c)) + b_h) + b₂, β = softmax over classes per token, z_p = Σ_c β_{p,c} v_c,
   A¹ = MLP([z_p ; x_p]) (B, P, C), logits1_c = Σ_p softmax_p(A¹_{·,c}) A¹_{p,c}. Inference: logits1.
-* Label recovery (training): r = σ(logits1 / T) (monotone, SPEC §11.12); with
+* Label recovery (training): r = σ(logits1 / T) (monotone, docs/methods/clsl.md D1); with
   ``reference_quirks`` the released σ(logits1 · max_c' logits1_c'). ŷ = known ⊙ y + (1 − known) ⊙ r,
   detached (:func:`recovered_targets`).
 * Loss: w₁ ASL(logits1, y) on the known entries + w₀ ASL(logits0, ŷ) on every entry (soft targets),

@@ -1,5 +1,5 @@
-"""``dsrb``: Dual-Perspective Semantic-Aware Representation Blending (Pu et al., ESWA 2024;
-SPEC §6, §11.10).
+"""``dsrb``: Dual-Perspective Semantic-Aware Representation Blending (Pu et al., ESWA 2024,
+arXiv 2205.13092; docs/methods/dsrb.md).
 
 As ``sarb`` (SARL trunk, CSRL, learnable α and β, blending from E0 with soft targets), with the
 two blending modules on the attention-weighted maps M_nc = (a_nch f_nh)_h, summed over space:
@@ -13,8 +13,9 @@ two blending modules on the attention-weighted maps M_nc = (a_nch f_nh)_h, summe
   mean), recomputed at E0 and every ``prototype_interval`` epochs. Per image one unknown class c*
   with prototypes is drawn; with q the quadrant of its own peak and r drawn from {1, 2, 3},
   q' = (q - r) mod 4 (always another location); β M_nc* + (1-β) P_c*q', target 1 - β. Computed
-  in the pooled form of SPEC §11.10 (equal to the map form, tested). An image without such a
-  class takes no part (SPEC §11.8; the release's topK could pick a known entry).
+  in the pooled form of docs/methods/dsrb.md D1 (equal to the map form, tested). An image
+  without such a class takes no part (docs/methods/dsrb.md D2; the release's topK could pick a
+  known entry).
 
 The released DSRB does not run (undefined names); w_I = w_P = 1 as in SARB.
 ``reference_quirks: true``: the released per-quadrant mean that also averages its zero initial

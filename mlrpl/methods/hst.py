@@ -1,4 +1,5 @@
-"""``hst``: Heterogeneous Semantic Transfer (Chen et al., IJCV 2024; SPEC §4).
+"""``hst``: Heterogeneous Semantic Transfer (Chen et al., IJCV 2024, arXiv 2205.11131;
+docs/methods/hst.md).
 
 SST's trunk and IST head, with two changes:
 
@@ -6,11 +7,11 @@ SST's trunk and IST head, with two changes:
   model runs in eval mode over the whole training set, the semantic feature of every known
   positive (image, class) is collected, and K-means (K = 10) per class gives the prototypes
   p_ck; q^inter_c = mean_k cos(F_c, p_ck). A prototype contrastive loss pulls known positives
-  towards their class's prototypes and pushes known negatives away (SPEC §11.6).
+  towards their class's prototypes and pushes known negatives away (docs/methods/hst.md D1).
 * **Differential threshold learning** (DTL): two learnable scalar thresholds θ_intra, θ_inter;
   ŝ = clip(q − θ, 0, 1); an unknown entry is pseudo-positive where ŝ > 0 (q > θ); ŝ is also
   scored as a logit against the known labels (partial BCE), which moves θ (and the head or the
-  features). Thresholds start at 0.95 and are not weight-decayed (SPEC §11.7).
+  features). Thresholds start at 0.95 and are not weight-decayed (docs/methods/hst.md D2).
 
 ``reference_quirks: true`` gives the released behaviour: thresholds start at 1.0 and are decayed
 by the optimiser's L2 term; the prototype loss is the released mean over all entries of
@@ -128,8 +129,8 @@ class HST(TransferMethod):
         return out
 
     def prototype_loss(self, g: torch.Tensor, target: torch.Tensor, has: torch.Tensor):
-        """SPEC §11.6: mean over known entries (of classes with prototypes) of 1 − y·g; with
-        ``reference_quirks`` the released mean over all B x C entries of 1 + y·g."""
+        """Mean over known entries (of classes with prototypes) of 1 − y·g (docs/methods/hst.md D1);
+        with ``reference_quirks`` the released mean over all B x C entries of 1 + y·g."""
         y = target.float()
         if self.quirks:
             return (1 + y * g).mean()

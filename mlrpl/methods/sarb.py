@@ -1,4 +1,5 @@
-"""``sarb``: Semantic-Aware Representation Blending (Pu et al., AAAI 2022; SPEC §5).
+"""``sarb``: Semantic-Aware Representation Blending (Pu et al., AAAI 2022, arXiv 2203.02172;
+docs/methods/sarb.md).
 
 SARL trunk (semantic features F (B, C, D), graph network, shared classifier) and:
 
@@ -12,8 +13,9 @@ SARL trunk (semantic features F (B, C, D), graph network, shared classifier) and
   ``prototype_interval`` epochs after. Per step one k is drawn (shared by the batch; a class with
   n < K prototypes uses k mod n); per image one unknown class c* that has prototypes is drawn
   uniformly, F^_nc* = β F_nc* + (1-β) p_c*k, soft target 1 - β -> s~2, soft partial BCE.
-  An image without such a class takes no part (SPEC §11.8); ``reference_quirks: true`` gives
-  the released behaviour, class 0 blended for an image without an unknown label.
+  An image without such a class takes no part (docs/methods/sarb.md D1);
+  ``reference_quirks: true`` gives the released behaviour, class 0 blended for an image without
+  an unknown label.
 
 α, β: learnable, init 0.5, kept in [0, 1] as released (the parameters clamped in place, so the
 gradient still reaches a coefficient on 0 or 1, and a soft target of exactly 0 is dropped from

@@ -1,10 +1,12 @@
-"""``satl``: semantic-aware threshold learning (Ruan et al., ESWA 2025; SPEC §7, §11.11).
+"""``satl``: semantic-aware threshold learning (Ruan et al., ESWA 2025, arXiv 2507.23263).
 
-The paper's method section is not public: this is the library's documented design.
+The paper's method section is not public: this is the library's own design, documented in
+docs/methods/satl.md#equations (its choices: docs/methods/satl.md D1-D8).
 
 SARL trunk (as ``ssgrl``) + per-class thresholds derived from the score distributions of each
-class's known positives and known negatives (:class:`~mlrpl.methods._satl.ScoreDistributions`,
-the classifier probability σ(s) as the score), updated after every step:
+class's known positives and known negatives
+(:class:`~mlrpl.methods.components.distributions.ScoreDistributions`, the classifier
+probability σ(s) as the score), updated after every step:
 
 * from epoch E0, unknown entries scoring at or above the class's positive threshold (estimated
   precision >= ``satl.target_precision``) become pseudo-positives, those below its negative

@@ -1,20 +1,25 @@
 """``sr``: saliency regularisation + consistency self-training (Wang et al., ICCV 2023).
 
-Read from the issue's summary of the paper (the paper's text is not in this repository): a class
-activation map (CAM) with a top-k saliency boost, a weak and a strong view, and
-confidence-thresholded pseudo-labels.
+Wang, Wan, Xiang, Zeng, *Saliency Regularization for Self-Training with Partial Annotations*,
+ICCV 2023. Written from a summary of the paper, not from its text or code
+(docs/methods/baselines.md#sr; docs/methods/baselines.md D2): a class activation map (CAM) with a
+top-k saliency boost, a weak and a strong view, and confidence-thresholded pseudo-labels.
 
 * CAM: a 1x1 convolution of the backbone map, A_c (H x W) per class.
 * Saliency boost (:func:`saliency_logits`): s_c = mean(A_c) + β · mean(top-k of A_c), k = ⌈κ·HW⌉:
   the most salient locations of a class count more than global pooling alone.
-* Weak view: the input as it comes (images with the dataset's augmentation, or cached maps);
-  strong view: a stronger augmentation of it. On cached maps (the CPU preset) the strong view is a
-  feature-map augmentation (:func:`strong_map_view`: horizontal flip, random dropout of whole
-  locations, Gaussian noise), documented in docs/decisions.md.
+* Weak view: the backbone map as it comes (of images with the dataset's augmentation, or cached
+  maps); strong view: a feature-map augmentation of that map (:func:`strong_map_view`:
+  horizontal flip, random dropout of whole locations, Gaussian noise; the image-level strong
+  augmentation is not implemented), documented in docs/decisions.md.
 * Pseudo-labels (:func:`confidence_pseudo_labels`) from the weak view's detached probabilities:
   an unknown entry with p >= τ⁺ is a pseudo-positive, p <= τ⁻ a pseudo-negative.
-* Loss: bce(s_weak, y) + [ep >= E0] λ · bce(s_strong, y ∪ pseudo) (consistency self-training) +
-  saliency regulariser γ · bce(s_strong, y) on known labels (the strong view must agree).
+* Loss, three terms (:meth:`SR.loss`): ``bce`` = bce(s_weak, y); ``known_strong`` =
+  γ · bce(s_strong, y), the known labels on the strong view, at every epoch; ``consistency`` =
+  [ep >= E0] λ · bce(s_strong, pseudo), where ``pseudo`` holds only the pseudo-labels (known
+  entries set to unknown), so it is a mean over the pseudo-labelled entries (0 when there are
+  none). The strong view thus learns the known labels and the pseudo-labels through two
+  separately weighted terms, not one bce(s_strong, y ∪ pseudo).
 """
 from __future__ import annotations
 

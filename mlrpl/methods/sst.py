@@ -1,4 +1,5 @@
-"""``sst``: Structured Semantic Transfer (Chen et al., AAAI 2022; SPEC §3).
+"""``sst``: Structured Semantic Transfer (Chen et al., AAAI 2022, arXiv 2112.10941;
+docs/methods/sst.md).
 
 SARL trunk + two pseudo-labelling modules that only ever add positive labels to unknown entries:
 
@@ -50,7 +51,8 @@ def sst_threshold(epoch: int, start_epoch: int, start: float = 0.95, step: float
 @register_method("sst")
 class SST(TransferMethod):
     Config = SSTConfig
-    # every class pair in the co-occurrence loss, as released (sampled on the CPU: §11.9)
+    # every class pair in the co-occurrence loss, as released (the CPU recipe samples them:
+    # docs/methods/sst.md D2)
     recipes = sarl_recipes(hcp=["method.cooc_pairs=all"])
 
     def __init__(self, cfg, ctx):

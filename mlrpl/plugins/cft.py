@@ -28,6 +28,7 @@ from torch import nn
 
 from mlrpl import dist
 from mlrpl.errors import ConfigError, MlrplError
+from mlrpl.losses import asymmetric_loss_elements
 from mlrpl.metrics import per_class_ap
 from mlrpl.plugins.base import Plugin, PluginConfig
 from mlrpl.plugins.registry import register_plugin
@@ -151,7 +152,8 @@ class CFT(Plugin):
             opt.zero_grad()
             s = _per_class_logits(x, w, b)
             # per-class mean over known entries, summed over classes: the classes do not interact
-            loss_el = asymmetric_loss_elements(s, y, cfg)
+            loss_el = asymmetric_loss_elements(s, y.clamp(min=0), float(cfg.gamma_pos),
+                                               float(cfg.gamma_neg), float(cfg.clip)) * known
             loss = (loss_el.sum(0) / per_class_known).sum()
             loss.backward()
             opt.step()
@@ -207,20 +209,6 @@ class CFT(Plugin):
 
     def epoch_stats(self):
         return {}
-
-
-def asymmetric_loss_elements(s, y, cfg):
-    """Element-wise ASL (SPEC §8) on known entries, 0 on unknown ones."""
-    t = y.to(s.dtype)
-    known = (t != 0).to(s.dtype)
-    pos = (t > 0).to(s.dtype)
-    neg = (t < 0).to(s.dtype)
-    p = torch.sigmoid(s)
-    clip = float(cfg.clip)
-    p_m = (p - clip).clamp(min=0) if clip > 0 else p
-    lp = -torch.log(p.clamp(min=1e-8)) * (1 - p).pow(float(cfg.gamma_pos))
-    ln = -torch.log((1 - p_m).clamp(min=1e-8)) * p_m.pow(float(cfg.gamma_neg))
-    return (pos * lp + neg * ln) * known
 
 
 def cft_checkpoint(path, out=None, options=(), force: bool = False) -> dict:

@@ -1,4 +1,5 @@
-"""``dist_pseudo``: SATL's per-class distribution thresholds (SPEC §11.11) on any method's scores.
+"""``dist_pseudo``: SATL's per-class distribution thresholds on any method's scores
+(docs/methods/satl.md#equations).
 
 Decayed histograms of σ(s) for each class's known positives and known negatives (updated after
 every step, :class:`~mlrpl.methods.components.distributions.ScoreDistributions`) give per-class

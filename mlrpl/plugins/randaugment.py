@@ -1,4 +1,5 @@
-"""``randaugment``: Cutout then RandAugment on the training images (CLSL's recipe, SPEC §8).
+"""``randaugment``: Cutout then RandAugment on the training images (CLSL's recipe,
+docs/methods/baselines.md#randaugment).
 
 The dataset's training transform runs first (the HCP multi-scale crop and flip); this plug-in
 then, per image of the batch: undoes the backbone's normalisation, rounds to 8 bits, paints one

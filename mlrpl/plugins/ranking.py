@@ -1,4 +1,5 @@
-"""``ranking``: SATL's pairwise ranking loss (SPEC §11.11) on any method's logits.
+"""``ranking``: SATL's pairwise ranking loss on any method's logits
+(docs/methods/satl.md#equations).
 
 Per class, over the batch's (known positive i, known negative j) pairs, the mean of
 softplus((s_j - s_i + m) / T); the term is ``weight`` times the mean over the classes that have a

@@ -108,7 +108,7 @@ def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
         title = sweep_dir.name
         plot_files.append(P.plot_metric_vs_proportion(rows, pd / "map_vs_proportion.png",
                                                       "mAP", title))
-        plot_files.append(_f1_plot(rows, pd / "f1_vs_proportion.png", title))
+        plot_files.append(P.plot_f1_vs_proportion(rows, pd / "f1_vs_proportion.png", title))
         plot_files.append(P.plot_sweep_curves(sweep_dir, rows, pd / "curves_by_method.png",
                                               "mAP", title))
         for run in run_plots:
@@ -120,29 +120,6 @@ def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
     md.write_text(results_markdown(sweep_dir, rows, reference=reference, baseline=baseline,
                                    plots=rel))
     return written + [md] + plot_files
-
-
-def _f1_plot(rows, png, title):
-    """CF1 and OF1 (last epoch) against the proportion, side by side."""
-
-    from mlrpl.reports.plots import _colors, _figure, _methods, _save, proportion_lines
-    from mlrpl.reports.tables import ordered, values_by
-    methods = _methods(rows)
-    colors = _colors(methods)
-    fig, axes = _figure(12, 4.8, ncols=2)
-    for ax, key in zip(axes[0], ("CF1", "OF1")):
-        cells = values_by(rows, key)
-        proportion_lines(ax, cells, methods, colors)
-        ax.set_xlabel("known labels (% of the training labels)")
-        ax.set_ylabel(f"{key} at probability ≥ threshold (%)")
-        ax.set_title(f"{key}, last epoch", fontsize=10)
-        ax.grid(alpha=0.3)
-        if cells:
-            ax.legend(fontsize=8, loc="lower right")
-    n = len(ordered(r["seed"] for r in rows))
-    fig.suptitle(f"CF1 and OF1 vs known-label proportion — {title} ({n} seed(s); band: min–max "
-                 f"over seeds)", fontsize=10)
-    return _save(fig, png)
 
 
 def build_run_report(run_dir, which: str = "last", plots: bool = True) -> list[Path]:

@@ -5,8 +5,8 @@ the last prototype recomputation), one stacked bar per class.
     from mlrpl.reports.blending import plot_quadrant_occupancy
     plot_quadrant_occupancy("runs/x/last.pt", "occupancy.png")
 
-A quadrant with no known positive is filled with the class's mean prototype (SPEC §6); the
-figure marks those classes.
+A quadrant with no known positive is filled with the class's mean prototype
+(docs/methods/dsrb.md#equations); the figure marks those classes.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.errors import MlrplError
+from mlrpl.optional import require
 
 QUADRANT_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right")
 KEY = "method.prototypes.occupancy"
@@ -34,6 +35,7 @@ def quadrant_occupancy(ckpt: dict) -> tuple[np.ndarray, list[str], int]:
 def plot_quadrant_occupancy(checkpoint, png, ckpt: dict | None = None, title: str = "") -> Path:
     """Write the per-class quadrant occupancy of a DSRB checkpoint as a PNG; returns its path.
     ``ckpt``: the checkpoint already loaded (then ``checkpoint`` only names it)."""
+    require("matplotlib", "plot", "the quadrant-occupancy plot")
     from matplotlib.figure import Figure
     if ckpt is None:
         from mlrpl.engine.checkpoint import load_checkpoint

@@ -3,8 +3,8 @@
 Source: Wang, Wan, Xiang, Zeng, *Saliency Regularization for Self-Training with Partial
 Annotations*, ICCV 2023, Table 1 (copied there from the original SST / SARB / HST papers "following
 [SST, SARB]"; its HST and "SARB*" rows are the arXiv versions of HST and DSRB). The SST row is
-independently confirmed by https://www.wizwand.com/paper/68fa6bf61e209131cea3147b. Recorded in
-the project's SPEC.md §9.1.
+independently confirmed by https://www.wizwand.com/paper/68fa6bf61e209131cea3147b. The same
+table, with its caveats: docs/methods/README.md#published-averages.
 
 Every number is the mean over known-label proportions 10%, 20%, ..., 90% of a ResNet-101 trained
 on the full dataset under the HCP partial-label protocol, evaluated on the official test split,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.errors import MlrplError
+from mlrpl.optional import require
 
 SCORE_NAMES = {"cls": "classifier probability σ(s)", "intra": "intra-image co-occurrence q^intra",
                "inter": "cross-image similarity q^inter"}
@@ -83,7 +84,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     negatives (blue) with τ⁺ (red dashed), τ⁻ (blue dashed) and the decision threshold (black):
     top row at the start of pseudo-labelling (epoch E0), bottom row at the checkpoint's epoch."""
     from mlrpl.methods.components.distributions import SOURCE_RANGES
-    from mlrpl.reports.plots import _figure, _save
+    from mlrpl.reports.plots import new_figure, save_figure
     d = model.method.distributions
     names = list(ckpt["classes"])
     source = source or d.sources[0]
@@ -102,8 +103,8 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     k = d.pos.shape[-1]
     edges = np.linspace(lo, hi, k + 1)
     width = edges[1] - edges[0]
-    fig, axes = _figure(max(3.3 * len(classes), 8.0), 2.8 * len(rows) + 0.4,
-                        ncols=len(classes), nrows=len(rows))
+    fig, axes = new_figure(max(3.3 * len(classes), 8.0), 2.8 * len(rows) + 0.4,
+                           ncols=len(classes), nrows=len(rows))
     epoch_end = int(ckpt.get("epoch", 0))      # epochs completed
     for r, (when, pre) in enumerate(rows):
         pos_h = getattr(d, pre + "pos")[s].cpu().numpy()
@@ -136,7 +137,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     fig.suptitle((title or f"{model.method.name}: score distributions of known labels and "
                   f"per-class thresholds") + f" ({source}; a class below "
                  f"{int(d.cfg.min_positives)} known positives gets none)", fontsize=10)
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def _refuse_existing(path, force: bool) -> None:
@@ -151,6 +152,8 @@ def export_thresholds(checkpoint, out=None, plot=None, classes=None, source=None
     """Write the per-class JSON (``out``) and the figure (``plot``); returns the JSON text."""
     _refuse_existing(out, force)
     _refuse_existing(plot, force)
+    if plot is not None:  # before any work
+        require("matplotlib", "plot", "--plot", "leave out --plot")
     model, ckpt = load_distributions(checkpoint)
     text = json.dumps(threshold_table(model, ckpt, checkpoint), indent=1)
     if out is not None:

@@ -40,7 +40,8 @@ def pl_sources(columns) -> list[str]:
     return out
 
 
-def _finite(v) -> bool:
+def is_finite(v) -> bool:
+    """Whether `v` is a finite number (int or float, not bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -166,11 +167,6 @@ def _write_csv(path, cols: list[str], rows: list[dict]) -> Path:
     return atomic_write(path, write, mode="w", newline="")
 
 
-def read_results_csv(path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return [{k: _num(v) if v != "" else None for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
 # ---- aggregation --------------------------------------------------------------------------------
 def ordered(values) -> list:
     out = []
@@ -184,7 +180,7 @@ def values_by(rows, key: str) -> dict:
     """{(method, p): {seed: value}} over the runs that are done and have a finite `key`."""
     out: dict = {}
     for r in rows:
-        if r.get("status") == "done" and _finite(r.get(key)):
+        if r.get("status") == "done" and is_finite(r.get(key)):
             out.setdefault((r["method"], r["p"]), {})[r["seed"]] = float(r[key])
     return out
 
@@ -491,7 +487,7 @@ def run_markdown(run_dir, per_class: list[dict] | None, plots=()) -> str:
                 "| class | AP (%) | precision (%) | recall (%) | eval positives |"
                 + (" known train positives |" if has_known else ""),
                 "|---|---:|---:|---:|---:|" + ("---:|" if has_known else "")]
-        for r in sorted(per_class, key=lambda r: -(r["ap_voc"] if _finite(r["ap_voc"]) else -1)):
+        for r in sorted(per_class, key=lambda r: -(r["ap_voc"] if is_finite(r["ap_voc"]) else -1)):
             out.append(f"| {r['class']} | {_fmt_num(r['ap_voc'])} | {_fmt_num(r['precision'])} | "
                        f"{_fmt_num(r['recall'])} | {r['eval_pos']} |"
                        + (f" {r['train_known_pos']} |" if has_known else ""))

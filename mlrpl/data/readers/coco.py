@@ -58,6 +58,19 @@ def _get(record, key: str, kind, path: Path, where: str):
     return value
 
 
+def _by_id(records: list, section: str, key: str, kind: str, path: Path) -> dict[int, str]:
+    """{record["id"]: record[key]} of a COCO section, in file order; a repeated id is an error."""
+    out: dict[int, str] = {}
+    for k, record in enumerate(records):
+        where = f"{section}[{k}]"
+        rid = _get(record, "id", int, path, where)
+        value = _get(record, key, str, path, where)
+        if rid in out:
+            raise DataError(f"duplicate {kind} id {rid}", path=path, field=f"{where}.id")
+        out[rid] = value
+    return out
+
+
 def _split_from_json(path: Path) -> str | None:
     stem = path.stem
     for prefix in ("instances_", "image_info_"):
@@ -107,14 +120,7 @@ def read_coco(root, split: str | None = "train2014", annotations=None,
                             field=key)
 
     # categories, in id order
-    cats: dict[int, str] = {}
-    for k, cat in enumerate(doc["categories"]):
-        where = f"categories[{k}]"
-        cid = _get(cat, "id", int, ann_path, where)
-        name = _get(cat, "name", str, ann_path, where)
-        if cid in cats:
-            raise DataError(f"duplicate category id {cid}", path=ann_path, field=f"{where}.id")
-        cats[cid] = name
+    cats = _by_id(doc["categories"], "categories", "name", "category", ann_path)
     if not cats:
         raise DataError("no categories", path=ann_path, field="categories")
     cat_ids = sorted(cats)
@@ -122,18 +128,10 @@ def read_coco(root, split: str | None = "train2014", annotations=None,
     classes = [cats[cid] for cid in cat_ids]
 
     # images, in file order
-    image_ids: list[int] = []
-    file_names: list[str] = []
-    row: dict[int, int] = {}
-    for k, img in enumerate(doc["images"]):
-        where = f"images[{k}]"
-        iid = _get(img, "id", int, ann_path, where)
-        fname = _get(img, "file_name", str, ann_path, where)
-        if iid in row:
-            raise DataError(f"duplicate image id {iid}", path=ann_path, field=f"{where}.id")
-        row[iid] = len(image_ids)
-        image_ids.append(iid)
-        file_names.append(fname)
+    images = _by_id(doc["images"], "images", "file_name", "image", ann_path)
+    image_ids: list[int] = list(images)
+    file_names: list[str] = list(images.values())
+    row: dict[int, int] = {iid: i for i, iid in enumerate(image_ids)}
 
     labels = np.full((len(image_ids), len(classes)), -1, dtype=np.int8)
     has_ann = np.zeros(len(image_ids), dtype=bool)

@@ -1,4 +1,5 @@
-"""Representation blending (SPEC §5, §6, §11.8): the base of ``sarb`` and ``dsrb``.
+"""Representation blending: the base of ``sarb`` and ``dsrb`` (docs/methods/sarb.md#equations,
+docs/methods/dsrb.md#equations).
 
 Instead of turning scores into pseudo-labels, a blending method mixes the representation F_nc of
 an *unknown* label with a known-positive representation of the same class (another image's, or a
@@ -15,8 +16,8 @@ soft positive target:
 Every other entry keeps its feature and its label; the soft partial BCE of a blended forward
 counts the known entries and the blended ones (those whose soft target is above 0). An entry
 that is known is never blended, and an image without an eligible unknown entry takes no part in
-prototype blending (SPEC §11.8: the released SARB overwrote class 0; ``reference_quirks: true``
-restores that).
+prototype blending (docs/methods/sarb.md D1: the released SARB overwrote class 0;
+``reference_quirks: true`` restores that).
 
 α and β are learnable scalars (init 0.5) kept in [0, 1] as the released code kept them: the
 parameters themselves are clamped in place after every optimiser step (``update_state``), and the

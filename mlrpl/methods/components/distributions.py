@@ -1,6 +1,6 @@
-"""Score distributions (SPEC §7, §11.11): per-class thresholds from the scores of known positives
-and known negatives. Used by ``satl``, by ``sst``/``hst`` with ``thresholds: satl`` and by the
-``dist_pseudo`` plug-in.
+"""Score distributions: per-class thresholds from the scores of known positives and known
+negatives (docs/methods/satl.md#equations). Used by ``satl``, by ``sst``/``hst`` with
+``thresholds: satl`` and by the ``dist_pseudo`` plug-in.
 
 * :class:`ScoreDistributions` -- for each score source (the classifier probability ``cls``, SST/HST's
   intra-image ``intra`` and cross-image ``inter`` scores) and each class, the histograms of the

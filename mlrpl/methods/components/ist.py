@@ -1,8 +1,9 @@
-"""Intra-image semantic transfer (IST, SPEC §3): an image-specific class co-occurrence
-probability P_ij for every class pair, its supervision (:func:`mlrpl.losses.cooccurrence_focal`)
-and the intra-image score q^intra (:func:`intra_scores`). Used by ``sst`` and ``hst``.
+"""Intra-image semantic transfer (IST, docs/methods/sst.md#equations): an image-specific class
+co-occurrence probability P_ij for every class pair, its supervision
+(:func:`mlrpl.losses.cooccurrence_focal`) and the intra-image score q^intra (:func:`intra_scores`).
+Used by ``sst`` and ``hst``.
 
-Efficient IST (SPEC §11.9). The head scores a class pair (i, j), i < j, with
+Efficient IST (docs/methods/sst.md D1). The head scores a class pair (i, j), i < j, with
 ``m_ij = <w_p, fc2(relu(fc1([g_i; g_j])))> + b_p`` (p = the pair's index, its own weight). The
 first layer splits into ``fc1([g_i; g_j]) = A g_i + B g_j + b``, so ``u = A g + b`` and
 ``v = B g`` are computed once per class (B x C x H) and a pair's pre-activation is
@@ -10,9 +11,9 @@ first layer splits into ``fc1([g_i; g_j]) = A g_i + B g_j + b``, so ``u = A g + 
 linear read-out, so it folds into the pair weights (``W2^T w_p``, once per step, not per image). Pseudo-labelling needs P[c, j] only for the entries
 c it scores and the image's known positives j, i.e. sum_b |entries_b| x |K+_b| pairs instead of
 B x C(C-1)/2. The co-occurrence loss uses all pairs (``cooc_pairs: all``) or the known-positive
-pairs plus a uniform sample of the others (``cooc_pairs: sample``). ``dense: true`` computes
-everything the literal way (all pairs, concatenated inputs): the reference the efficient path is
-tested against, and a benchmark baseline.
+pairs plus a uniform sample of the others (``cooc_pairs: sample``, docs/methods/sst.md D2).
+``dense: true`` computes everything the literal way (all pairs, concatenated inputs): the
+reference the efficient path is tested against, and a benchmark baseline.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def pair_index_matrix(num_classes: int) -> torch.Tensor:
 
 
 class CooccurrenceHead(nn.Module):
-    """The IST co-occurrence head (SPEC §3): g_c = W_g F_c + b, pair MLP on [g_i; g_j]
-    (Linear 2H' -> H, ReLU, Linear H -> H), then a pair-specific inner product + bias.
+    """The IST co-occurrence head (docs/methods/sst.md#equations): g_c = W_g F_c + b, pair MLP on
+    [g_i; g_j] (Linear 2H' -> H, ReLU, Linear H -> H), then a pair-specific inner product + bias.
 
     Parameters are those of the literal formulation (``fc1`` acts on the concatenation), so that
     :meth:`dense_logits` (literal) and :meth:`pair_logits` (factorised) are the same function.

@@ -1,5 +1,5 @@
-"""SST's cross-image memory bank (SPEC §3): per class, a FIFO of the most recent semantic features
-of known positives."""
+"""SST's cross-image memory bank (docs/methods/sst.md#equations): per class, a FIFO of the most
+recent semantic features of known positives."""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
-"""Class prototypes (SPEC §4, §5, §6): per class, K-means centres of the semantic features of the
-known positives of the whole training set, recomputed by a pass over the data in evaluation mode.
-One implementation for HST, SARB and DSRB."""
+"""Class prototypes: per class, K-means centres of the semantic features of the known positives of
+the whole training set, recomputed by a pass over the data in evaluation mode. One implementation
+for HST, SARB and DSRB (docs/methods/hst.md#equations, "Prototypes"; docs/methods/hst.md D3-D4).
+DSRB's location-aware ones: :mod:`mlrpl.methods.components.quadrant_prototypes`."""
 from __future__ import annotations
 
 import warnings

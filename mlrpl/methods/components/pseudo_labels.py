@@ -1,5 +1,5 @@
-"""How good a method's pseudo-labels are (SPEC §11.13): counted against the hidden full labels,
-which are used for nothing else."""
+"""How good a method's pseudo-labels are (docs/methods/README.md#pseudo-label-quality): counted
+against the hidden full labels, which are used for nothing else."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""DSRB's location-aware prototypes (SPEC §6, §11.10): four per class, one per image quadrant.
+"""DSRB's location-aware prototypes (docs/methods/dsrb.md#equations): four per class, one per
+image quadrant.
 
 The attention-weighted map of a class is M_c = (a_{c,h} f_h)_h (HW x D). For every known positive
 (image, class) of the training set (the model in evaluation mode, all processes' data, in dataset
@@ -6,10 +7,10 @@ order) the quadrant of the spatial peak of Σ_d M_{c,h,d} is q = 2·[row >= ⌊H
 the first ``cap`` (100) maps per (class, quadrant) are averaged into P_{c,q}; a quadrant that got
 none takes the mean of every map kept for the class.
 
-Stored in the **pooled form** (SPEC §11.10): spatial summation is linear and Σ_h M_{c,h} = F_c
-(the attention sums to 1), so Σ_h P_{c,q,h} is the mean of the kept semantic features F, and
-blending a map with a prototype map then summing over space equals blending F with the pooled
-prototype. :func:`pprb_map_form` is the literal map form the tests compare against.
+Stored in the **pooled form** (docs/methods/dsrb.md D1): spatial summation is linear and
+Σ_h M_{c,h} = F_c (the attention sums to 1), so Σ_h P_{c,q,h} is the mean of the kept semantic
+features F, and blending a map with a prototype map then summing over space equals blending F
+with the pooled prototype. :func:`pprb_map_form` is the literal map form the tests compare against.
 """
 from __future__ import annotations
 

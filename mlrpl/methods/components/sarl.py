@@ -8,8 +8,9 @@ from mlrpl.methods.base import Method, MethodConfig
 from mlrpl.models.sarl import SARLConfig, SARLTrunk
 
 
-# Recipes of every SARL-trunk method (docs/decisions.md, "CPU SARL recipe"; SPEC §1-2): on cached
-# CPU features a CPU-sized trunk with Adam 1e-3 for 12 epochs; in the authors' recipe the
+# Recipes of every SARL-trunk method (docs/decisions.md, "CPU presets of the SARL-trunk methods";
+# docs/methods/README.md#training-recipe, docs/methods/sarl.md#hyper-parameters): on cached CPU
+# features a CPU-sized trunk with Adam 1e-3 for 12 epochs; in the authors' recipe the
 # D = 1024 trunk on 2x2-pooled, reduced ResNet-101 maps.
 SARL_RECIPES = {
     "cpu-cached": ["method.trunk.dim=256", "method.trunk.attention_dim=128", "optim.lr=0.001",
@@ -32,7 +33,8 @@ class SARLMethodConfig(MethodConfig):
 
 class SARLMethod(Method):
     """A method whose model is the SARL trunk. The label graph comes from the *partial* training
-    labels (SPEC §1, §11.5); the word vectors from the label embeddings."""
+    labels (docs/methods/sarl.md#equations; a class without a known positive:
+    docs/methods/sarl.md D1); the word vectors from the label embeddings."""
 
     needs_embeddings = True
     recipes = sarl_recipes()

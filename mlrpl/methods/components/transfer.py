@@ -1,5 +1,6 @@
-"""The base of the semantic-transfer methods ``sst`` and ``hst`` (SPEC §1, §3, §4): SARL trunk +
-IST head + instance contrastive loss + pseudo-label quality, and the loss terms they share."""
+"""The base of the semantic-transfer methods ``sst`` and ``hst`` (docs/methods/sst.md,
+docs/methods/hst.md): SARL trunk + IST head + instance contrastive loss + pseudo-label quality,
+and the loss terms they share."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,20 +25,23 @@ class TransferConfig(SARLMethodConfig):
     cooc_weight: float = 10.0         # co-occurrence loss weight
     contrast_weight: float = 0.05     # instance contrastive loss weight
     warmup: bool = True               # ramp the two weights above over epoch 0 (step/steps)
-    cooc_pairs: str = "sample"        # sample | all: pairs the co-occurrence loss uses (§11.9)
+    # sample | all: the pairs the co-occurrence loss uses (docs/methods/sst.md D2)
+    cooc_pairs: str = "sample"
     cooc_sample: int = 512            # per image, sampled pairs that are not both known positive
     cooc_gamma_pos: float = 1.0       # asymmetric focal BCE (ASL): gamma+, gamma-, clip
     cooc_gamma_neg: float = 2.0
     cooc_clip: float = 0.05
     # Pairs with an unknown label: negative ("never co-occur", the released code) or ignore
-    # (only pairs whose two labels are known are supervised); issue 15 measures both.
+    # (only pairs whose two labels are known are supervised): docs/methods/sst.md D3;
+    # benchmarks/RESULTS.md measures both.
     cooc_unknown: str = "negative"
     ist_proj_dim: Optional[int] = None    # g_c size; None: D / 2
     ist_hidden_dim: Optional[int] = None  # pair MLP width; None: D
     dense: bool = False               # literal all-pairs IST (reference / benchmark)
     pl_stats_per_class: bool = True   # per-class pseudo-label quality columns in summary.csv
     # own: the method's thresholds (SST's schedule, HST's DTL); satl: per-class thresholds from
-    # the score distributions of known positives / negatives of each source (SPEC §11.11)
+    # the score distributions of known positives / negatives of each source
+    # (docs/methods/sst.md D5, docs/methods/hst.md D6)
     thresholds: str = "own"
     satl: SATLThresholdConfig = field(default_factory=SATLThresholdConfig)
 
