@@ -41,8 +41,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     from mlrpl.data.dataset import load_image
-    from mlrpl.export import export_model, onnx_session
-    from mlrpl.predict import Predictor, expand_inputs
+    from mlrpl.deploy.export import export_model, onnx_session
+    from mlrpl.deploy.predict import Predictor, expand_inputs
     paths = [str(p) for p in expand_inputs(args.images)]
     pred = Predictor.from_checkpoint(args.checkpoint)
     n = len(paths)

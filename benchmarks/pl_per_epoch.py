@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from mlrpl.reports.tables import pl_sources, read_summary
+from mlrpl.experiments.reports.tables import pl_sources, read_summary
 
 
 def _mean(values):

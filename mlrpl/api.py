@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlrpl.predict import Predictor
+from mlrpl.deploy.predict import Predictor
 
 __all__ = ["Predictor", "evaluate", "load", "train"]
 
@@ -45,7 +45,7 @@ def load(path, device: str = "cpu", thresholds="auto", backbone_weights=None,
     (as ``torchvision.io.read_image`` gives them), all preprocessed exactly as an image file is
     (the same probabilities), or float tensors (3, S, S) already preprocessed (finite, S the
     model's input size); batches with one more leading axis, or a list of any of these. Anything
-    else is an error naming the shape and type expected (``mlrpl.predict.INPUTS_DOC``).
+    else is an error naming the shape and type expected (``mlrpl.deploy.predict.INPUTS_DOC``).
 
     Example
     -------
@@ -85,7 +85,7 @@ def train(config=None, overrides=(), resume: bool = False, **options) -> Path:
     ['best.pt', 'last.pt']
     """
     from mlrpl.config import load_config
-    from mlrpl import dist
+    from mlrpl.utils import dist
     from mlrpl.engine.trainer import Trainer
     overrides = list(overrides) + [f"{k.replace('__', '.')}={_yaml(v)}"
                                    for k, v in options.items()]
@@ -120,7 +120,7 @@ def evaluate(checkpoint, split: str | None = None, overrides=(), thresholds=None
     if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
         kw["threshold"] = float(thresholds)
     elif thresholds == "model":
-        from mlrpl.predict import Predictor as _P
+        from mlrpl.deploy.predict import Predictor as _P
         p = _P.from_checkpoint(checkpoint, thresholds="model")
         import numpy as np
         import tempfile

@@ -159,7 +159,7 @@ def cmd_data_inspect(args) -> int:
 def cmd_data_convert(args) -> int:
     ls = _read_from_args(args)
     labels = _load_mask_for(ls, args)
-    from mlrpl.files import atomic_write, check_output
+    from mlrpl.utils.files import atomic_write, check_output
     out = check_output(args.out, args.force, "converted labels file")
     ls = ls.with_labels(labels)
     if out.suffix == ".csv":
@@ -326,7 +326,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from mlrpl import dist
+    from mlrpl.utils import dist
     from mlrpl.engine.trainer import Trainer
     try:
         trainer = Trainer(cfg, resume=args.resume)
@@ -370,7 +370,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_cft(args) -> int:
-    from mlrpl.plugins.cft import cft_checkpoint
+    from mlrpl.engine.cft import cft_checkpoint
     r = cft_checkpoint(args.checkpoint, out=args.out, options=args.options, force=args.force)
     if args.json:
         print(json.dumps({k: r[k] for k in ("before", "after", "stats", "out")}))
@@ -384,7 +384,7 @@ def cmd_cft(args) -> int:
 
 
 def cmd_thresholds(args) -> int:
-    from mlrpl.reports.satl import export_thresholds
+    from mlrpl.experiments.reports.distributions import export_thresholds
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     text = export_thresholds(args.checkpoint, out=args.out, plot=args.plot, classes=classes,
                              source=args.source, force=args.force)
@@ -402,7 +402,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mlrpl.demo import run_demo
+    from mlrpl.experiments.demo import run_demo
     return run_demo(data_root=args.data_root, out=args.out, overwrite=args.overwrite,
                     epochs=args.epochs)
 
@@ -418,7 +418,7 @@ def _csv_list(text, kind=str):
 
 
 def cmd_sweep(args) -> int:
-    from mlrpl.sweep import run_sweep
+    from mlrpl.experiments.sweep import run_sweep
     return run_sweep(args.config, overrides=args.overrides, out=args.out,
                      methods=_csv_list(args.methods), proportions=_csv_list(args.proportions, float),
                      seeds=_csv_list(args.seeds, int), reference=args.reference,
@@ -427,7 +427,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mlrpl.reports import build_report
+    from mlrpl.experiments.reports import build_report
     for path in build_report(args.path, reference=args.reference, run_plots=args.run_plots,
                              baseline=args.baseline, which=args.checkpoint,
                              plots=not args.no_plots):
@@ -477,8 +477,8 @@ def cmd_predict(args) -> int:
     import csv
     import io
 
-    from mlrpl.files import atomic_write, disk_errors
-    from mlrpl.predict import Predictor, decide, expand_inputs, skipped_summary
+    from mlrpl.utils.files import atomic_write, disk_errors
+    from mlrpl.deploy.predict import Predictor, decide, expand_inputs, skipped_summary
 
     def warn(message):
         print(f"mlrpl: warning: {message}", file=sys.stderr)
@@ -549,8 +549,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_tune_thresholds(args) -> int:
-    from mlrpl.files import check_output
-    from mlrpl.thresholds import tune_checkpoint
+    from mlrpl.utils.files import check_output
+    from mlrpl.deploy.thresholds import tune_checkpoint
     if args.out:
         check_output(args.out, args.force, "thresholds file")
     if args.min_positives < 1:
@@ -577,7 +577,7 @@ def cmd_tune_thresholds(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mlrpl.export import export_model
+    from mlrpl.deploy.export import export_model
     def warn(message):
         print(f"mlrpl: warning: {message}", file=sys.stderr)
     rep = export_model(args.checkpoint, args.out, args.format, thresholds=args.thresholds,
@@ -589,7 +589,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_model_bundle(args) -> int:
-    from mlrpl.predict import write_bundle
+    from mlrpl.deploy.predict import write_bundle
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".bundle.pt")
     path = write_bundle(ckpt, out, force=args.force, backbone_weights=args.backbone_weights,
@@ -603,7 +603,7 @@ def _add_deploy_parsers(sub) -> None:
     thr_help = ("auto (default: the model's tuned or learned thresholds, else 0.5) | model | "
                 "tuned | learned | a number | a thresholds file (.json/.npy)")
     bw_help = "the frozen backbone's weight file, when the checkpoint only references it"
-    from mlrpl.predict import IMAGE_SUFFIXES
+    from mlrpl.deploy.predict import IMAGE_SUFFIXES
     pr = sub.add_parser(
         "predict", help="predict labels of images or folders",
         description="Predict the labels of images. A file named on the command line is always "
@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mlrpl.logs import console
+    from mlrpl.utils.logs import console
     # a verb whose stdout is its result (JSON, or predictions without --out) logs on stderr
     console(to_stderr=bool(getattr(args, "json", False))
             or (args.command == "predict" and not getattr(args, "out", None)))

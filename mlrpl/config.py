@@ -17,7 +17,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mlrpl.errors import ConfigError
+from mlrpl.errors import ConfigError, check_value_in
+from mlrpl.models.backbones import FREEZE_POLICIES
 
 
 @dataclass
@@ -134,7 +135,6 @@ class ExperimentConfig:
 
 
 # The backbone freeze policies (mlrpl.models.backbones.apply_freeze checks its argument here too).
-FREEZE_POLICIES = ("none", "hcp", "all")
 
 _CHOICES = {
     "data.protocol": ("hcp", "rps", "fpc", "single-positive", "full"),
@@ -151,12 +151,7 @@ _CHOICES = {
 
 def check_choice(key: str, value) -> None:
     """A ConfigError unless `value` is one of the values ``_CHOICES`` allows for `key`."""
-    allowed = _CHOICES[key]
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [a for a in allowed if isinstance(a, str)],
-                                          n=1)
-        raise ConfigError(f"bad value for '{key}': {value!r}; expected one of {list(allowed)}"
-                          + (f"; did you mean {close[0]!r}?" if close else ""))
+    check_value_in(key, value, _CHOICES[key])
 
 
 def _all_keys(node, prefix="") -> list[str]:

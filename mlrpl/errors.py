@@ -50,3 +50,15 @@ def require_dir(path: str | Path, what: str = "directory") -> Path:
     if not p.is_dir():
         raise DataError(f"{what} not found" if not p.exists() else f"{what} is not a directory", path=p)
     return p
+
+
+def check_value_in(key: str, value, allowed) -> None:
+    """One ConfigError unless `value` is one of `allowed` for the setting `key`, suggesting the
+    closest allowed name: ``bad value for 'model.freeze': 'hpc'; expected one of [...]; did you
+    mean 'hcp'?``."""
+    if value in allowed:
+        return
+    import difflib
+    close = difflib.get_close_matches(str(value), [a for a in allowed if isinstance(a, str)], n=1)
+    raise ConfigError(f"bad value for '{key}': {value!r}; expected one of {list(allowed)}"
+                      + (f"; did you mean {close[0]!r}?" if close else ""))

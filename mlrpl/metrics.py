@@ -609,7 +609,7 @@ def check_scores_output(path, force: bool = False) -> list:
     """Check the outputs of ``--save-scores`` before the work: a ``.npy`` (with its ``.ids.txt``)
     or a ``.npz``, in an existing folder, not replacing a file without `force`. Returns the paths
     that will be written."""
-    from mlrpl.files import check_output
+    from mlrpl.utils.files import check_output
     path = Path(path)
     if path.suffix.lower() not in SCORES_FORMATS:
         raise MlrplError(f"{path}: a scores file must end in .npy (the logits, with the image ids "
@@ -627,7 +627,7 @@ def write_scores(path, scores: np.ndarray, ids: Sequence[str], classes: Sequence
     ``.npz``: arrays ``scores`` (float32), ``ids``, ``classes`` (unicode) and ``kind``
     (``"logits"`` or ``"probabilities"``). ``.npy``: the scores alone, and the ids one a line in
     ``<stem>.ids.txt`` beside it. Returns the paths written."""
-    from mlrpl.files import atomic_write, atomic_write_text, save_npy
+    from mlrpl.utils.files import atomic_write, atomic_write_text, save_npy
     path = Path(path)
     scores = np.asarray(scores, dtype=np.float32)
     ids = [str(i) for i in ids]

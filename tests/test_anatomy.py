@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mlrpl
-from mlrpl.codeinfo import cycles, import_graph, reachable
+from mlrpl.utils.codeinfo import cycles, import_graph, reachable
 from mlrpl.errors import ConfigError
 from mlrpl.methods import REGIMES, create_method, list_methods, recipe, register_method
 from mlrpl.methods.base import Method, MethodConfig, MethodContext
@@ -40,6 +40,53 @@ def test_no_import_cycle_in_the_package():
 def test_cycle_finder_finds_a_cycle():
     g = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset()}
     assert cycles(g) == [["a", "b", "c"]]
+
+
+# The layers, lowest first: a module imports only from its own layer or the ones below (every
+# import counted, function-local ones included: mlrpl.utils.codeinfo reads them all).
+LAYERS = [("mlrpl.version", "mlrpl.errors", "mlrpl.utils"),
+          ("mlrpl.data", "mlrpl.metrics", "mlrpl.losses"),
+          ("mlrpl.models",),
+          ("mlrpl.methods", "mlrpl.plugins"),
+          ("mlrpl.config",),
+          ("mlrpl.engine",),
+          ("mlrpl.deploy", "mlrpl.experiments"),
+          ("mlrpl.api", "mlrpl.cli", "mlrpl.__main__", "mlrpl")]
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for i, group in enumerate(LAYERS):
+        for prefix in group:
+            if (module == prefix or module.startswith(prefix + ".")) and \
+                    (best is None or len(prefix) > best[1]):
+                best = (i, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_every_module_has_a_layer_and_no_layer_imports_a_higher_one():
+    graph = import_graph()
+    assert [m for m in graph if layer_of(m) is None] == []
+    upward = sorted((a, b) for a, imports in graph.items() for b in imports
+                    if layer_of(b) > layer_of(a))
+    assert upward == []
+
+
+def test_the_import_graph_counts_function_local_imports(tmp_path, monkeypatch):
+    from mlrpl.utils import codeinfo
+    pkg = tmp_path / "mlrpl"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("def f():\n    from mlrpl import high\n    return high\n")
+    (pkg / "high.py").write_text("")
+    known = {"mlrpl": pkg / "__init__.py", "mlrpl.low": pkg / "low.py", "mlrpl.high": pkg / "high.py"}
+    assert codeinfo._imports("mlrpl.low", pkg / "low.py", known) == {"mlrpl.high"}
+
+
+def test_the_top_level_holds_only_the_entry_points_and_the_core():
+    top = sorted(p.stem for p in (REPO / "mlrpl").glob("*.py"))
+    assert top == ["__init__", "__main__", "api", "cli", "config", "errors", "losses", "metrics",
+                   "version"]
 
 
 def test_methods_and_losses_never_reach_the_engine():
@@ -425,7 +472,7 @@ def test_readers_register_by_decorator_and_refuse_a_taken_name():
 
 
 def test_code_digest_ignores_comments_and_docstrings_not_code(tmp_path):
-    from mlrpl.codeinfo import _code_only
+    from mlrpl.utils.codeinfo import _code_only
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text('"""Doc."""\ndef f(x):\n    """Doc."""\n    return x + 1\n')
     b.write_text('# a comment\ndef f(x):\n\n    # another\n    return x + 1  # and one\n')

@@ -6,7 +6,7 @@ import pytest
 
 import mlrpl
 import mlrpl.api
-import mlrpl.thresholds
+import mlrpl.deploy.thresholds
 from tests.deploy_helpers import make_own_csv_data, train_own_model
 
 
@@ -38,7 +38,7 @@ def test_api_doctests(trained):
 
 
 def test_thresholds_doctests():
-    run_doctests(mlrpl.thresholds, {})
+    run_doctests(mlrpl.deploy.thresholds, {})
 
 
 def test_top_level_names():

@@ -381,14 +381,14 @@ def test_trains_and_resumes_exactly(shapes, cache_dir, tmp_path, name):
     if name == "dsrb":
         occ = state["method.prototypes.occupancy"]
         assert occ.sum() > 0 and (occ.sum(1) > 0).sum() == state["method.prototypes.valid"].any(1).sum()
-        from mlrpl.reports.blending import plot_quadrant_occupancy
+        from mlrpl.experiments.reports.blending import plot_quadrant_occupancy
         png = plot_quadrant_occupancy(a / "last.pt", tmp_path / "occ.png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_occupancy_plot_refuses_other_methods(tmp_path):
     from mlrpl.errors import MlrplError
-    from mlrpl.reports.blending import plot_quadrant_occupancy
+    from mlrpl.experiments.reports.blending import plot_quadrant_occupancy
     with pytest.raises(MlrplError, match="no location-aware prototypes"):
         plot_quadrant_occupancy("x.pt", tmp_path / "o.png",
                                 ckpt={"model": {"method.prototypes.centres": torch.zeros(1)}})

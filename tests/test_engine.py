@@ -179,7 +179,7 @@ def test_optimisers_schedules_precision_and_image_path(shapes, cache_dir, tmp_pa
 def test_demo_falls_back_to_generated_data(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLRPL_DATA", raising=False)
     monkeypatch.setenv("MLRPL_CACHE", str(tmp_path / "cache"))
-    from mlrpl.demo import run_demo
+    from mlrpl.experiments.demo import run_demo
     assert run_demo(data_root=str(tmp_path / "nothing"), out=str(tmp_path / "demo"), epochs=2) == 0
     out = capsys.readouterr().out
     assert "COCO128 was not found" in out and "generated shapes" in out

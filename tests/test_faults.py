@@ -328,7 +328,7 @@ def _cache_args(shapes, tmp_path, cache):
 
 
 def test_full_disk_while_caching_is_one_error_and_leaves_no_temp(shapes, tmp_path, monkeypatch):
-    from mlrpl.files import DiskError
+    from mlrpl.utils.files import DiskError
     build_cache, cfg = _cache_args(shapes, tmp_path, tmp_path / "cache")
 
     def full(fd, offset, length):
@@ -340,8 +340,8 @@ def test_full_disk_while_caching_is_one_error_and_leaves_no_temp(shapes, tmp_pat
 
 
 def test_read_only_cache_folder_is_one_error(shapes, tmp_path, monkeypatch):
-    import mlrpl.files
-    from mlrpl.files import DiskError
+    import mlrpl.utils.files
+    from mlrpl.utils.files import DiskError
     cache = tmp_path / "ro"
     cache.mkdir()
     build_cache, cfg = _cache_args(shapes, tmp_path, cache)
@@ -351,7 +351,7 @@ def test_read_only_cache_folder_is_one_error(shapes, tmp_path, monkeypatch):
         if str(path).startswith(str(cache)):
             raise PermissionError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **k)
-    monkeypatch.setattr(mlrpl.files, "open", ro_open, raising=False)
+    monkeypatch.setattr(mlrpl.utils.files, "open", ro_open, raising=False)
     with pytest.raises(DiskError, match=r"ro: not writable"):
         build_cache(cfg)
 

@@ -17,7 +17,7 @@ from PIL import Image
 import mlrpl
 from mlrpl.cli import main
 from mlrpl.errors import MlrplError
-from mlrpl.predict import DeployWarning
+from mlrpl.deploy.predict import DeployWarning
 from tests.deploy_helpers import make_own_csv_data, train_own_model
 
 
@@ -111,7 +111,7 @@ def test_export_force_moves_an_earlier_export_aside(prior, tmp_path, capsys):
 
 
 def test_move_aside_never_overwrites(tmp_path):
-    from mlrpl.files import move_aside
+    from mlrpl.utils.files import move_aside
     a = tmp_path / "d"
     a.mkdir()
     (a / "x").write_text("1")
@@ -135,7 +135,7 @@ def _another_model(ckpt, dest):
 
 
 def test_thresholds_of_another_model_are_not_used_silently(own, tmp_path, capsys):
-    from mlrpl.thresholds import sidecar_path
+    from mlrpl.deploy.thresholds import sidecar_path
     data, ckpt = own
     run = tmp_path / "run"
     shutil.copytree(ckpt.parent, run)

@@ -1,7 +1,7 @@
 """The fault suite, part 2: the run directory and kills at fixed points.
 
 Nothing is lost (run.overwrite moves aside, best.pt always holds the best epoch), nothing blocks a
-rerun, and a run killed with SIGKILL at each injected point (``mlrpl.faults``: mid-epoch, between
+rerun, and a run killed with SIGKILL at each injected point (``mlrpl.utils.faults``: mid-epoch, between
 the last.pt and best.pt writes, during a checkpoint write, during prototype recomputation, during
 feature caching) resumes bit-identical to an uninterrupted run, with no temporary file left.
 The random-instant campaign is benchmarks/fault_campaign.py.
@@ -47,8 +47,8 @@ def assert_same_run(a, b):
     assert not [p.name for p in b.iterdir() if p.name.endswith(".tmp")]
 
 
-# The only way to arm a fault point: mlrpl.faults.arm() in the process, before the command runs.
-ARMED = ("import sys; from mlrpl import faults; faults.arm(sys.argv[1]); "
+# The only way to arm a fault point: mlrpl.utils.faults.arm() in the process, before the command runs.
+ARMED = ("import sys; from mlrpl.utils import faults; faults.arm(sys.argv[1]); "
          "from mlrpl.cli import main; sys.exit(main(sys.argv[2:]))")
 
 
@@ -106,7 +106,7 @@ def test_run_dir_that_is_a_file_or_not_writable_is_one_line(shapes, cache_dir, t
     f.write_text("x")
     assert main(["train", *tiny(shapes, cache_dir, f)]) == 2
     assert "is a file, not a directory" in one_error_line(capsys)
-    import mlrpl.files
+    import mlrpl.utils.files
     ro = tmp_path / "ro"
     ro.mkdir()
     real_open = open
@@ -115,7 +115,7 @@ def test_run_dir_that_is_a_file_or_not_writable_is_one_line(shapes, cache_dir, t
         if str(path).startswith(str(ro)):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *a, **k)
-    monkeypatch.setattr(mlrpl.files, "open", ro_open, raising=False)
+    monkeypatch.setattr(mlrpl.utils.files, "open", ro_open, raising=False)
     assert main(["train", *tiny(shapes, cache_dir, ro / "run")]) == 2
     assert "ro: not writable" in one_error_line(capsys)
     assert not (ro / "run").exists()

@@ -67,7 +67,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_by_its_last_holder(
 
 
 def test_a_sweep_reports_a_run_in_use_and_leaves_it_alone(tmp_path):
-    from mlrpl.sweep import execute_run
+    from mlrpl.experiments.sweep import execute_run
 
     class Run:
         name, method, method_name, p, seed = "pbce_p0.5_s0", "pbce", "pbce", 0.5, 0
@@ -165,7 +165,7 @@ def test_train_holdout_selects_without_the_evaluation_split_and_stops_early(shap
     assert "12 of 48 training images held out of training" in log
     assert "| 36 train / 24 eval images" in log
     # finished: a resume trains nothing more, a sweep counts it as done
-    from mlrpl.sweep import run_state
+    from mlrpl.experiments.sweep import run_state
     assert run_state(run, 6) == "finished"
     assert main(["train", "--resume", "--run-dir", str(run)]) == 0
     assert len(rows(run)) == 2

@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from mlrpl.errors import ConfigError, MlrplError
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -209,10 +209,10 @@ def test_training_without_tensorboard_fails_before_it_starts(monkeypatch, shapes
 
 
 def test_plots_without_matplotlib_are_one_line(monkeypatch, tmp_path):
-    from mlrpl.demo import run_demo
-    from mlrpl.reports.blending import plot_quadrant_occupancy
-    from mlrpl.reports.plots import plot_metric_vs_proportion, plot_training_curves
-    from mlrpl.reports.satl import export_thresholds
+    from mlrpl.experiments.demo import run_demo
+    from mlrpl.experiments.reports.blending import plot_quadrant_occupancy
+    from mlrpl.experiments.reports.plots import plot_metric_vs_proportion, plot_training_curves
+    from mlrpl.experiments.reports.distributions import export_thresholds
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rows = [{"method": "pbce", "seed": 0, "known_proportion": 0.5, "mAP": 50.0}]
     for call in (lambda: plot_metric_vs_proportion(rows, tmp_path / "a.png"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mlrpl.progress import progress
+from mlrpl.utils.progress import progress
 
 
 class _Terminal(io.StringIO):

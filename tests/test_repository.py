@@ -13,7 +13,7 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini",
 
 # A citation of a document the repository does not hold: the old private specification
 # ("SPEC §8", "SPEC.md"), its design notes ("DESIGN"), issue numbers ("issue 15") and work-log
-# stops ("stop 17"). Whole words only: code names such as SPEC_FILE or CLASS_SPECS are fine.
+# stops ("stop 17"). Whole words only: code names such as SWEEP_FILE or CLASS_SHAPES are fine.
 FORBIDDEN = re.compile(r"\bSPEC\b|\bDESIGN\b|[Ii]ssue [0-9]+|\bstop [0-9]+")
 # Section signs cite numbered sections, which only a paper has; outside docs/methods/ (where a
 # page may cite a paper's section) a bare "§" is a leftover of the old specification.

@@ -260,7 +260,7 @@ for _ in range(3):
 one = ScoreDistributions(SATLThresholdConfig(bins=8, min_positives=1), ["cls"], 3,
                          torch.ones(10, 3, dtype=torch.int8))
 # the single-process reference on the whole batch (computed without the process group)
-import mlrpl.dist as D
+import mlrpl.utils.dist as D
 D_is = D.is_dist
 D.is_dist = lambda: False
 for _ in range(3):

@@ -187,8 +187,8 @@ def test_report_of_one_run(sweep):
 
 
 def test_pseudo_label_plot_and_table(tmp_path):
-    from mlrpl.reports.plots import plot_pseudo_labels
-    from mlrpl.reports.tables import pl_sources, pseudo_label_table
+    from mlrpl.experiments.reports.plots import plot_pseudo_labels
+    from mlrpl.experiments.reports.tables import pl_sources, pseudo_label_table
     summary = [{"epoch": e, "pl_intra_n": 10 * e, "pl_intra_precision": 0.8, "pl_intra_recall":
                 0.1 * e, "pl_intra_precision/cat": 0.5} for e in range(3)]
     assert pl_sources(summary[0]) == ["intra"]
@@ -260,7 +260,7 @@ def test_bad_sweep_configs_write_nothing(tmp_path, capsys):
 def test_recipes_travel_with_methods():
     """Each method trains with its own recipe for the sweep's regime, under method_overrides."""
     from mlrpl.methods import recipe
-    from mlrpl.sweep import load_sweep, run_config
+    from mlrpl.experiments.sweep import load_sweep, run_config
     spec = load_sweep(data={"methods": ["pbce", "ssgrl"], "proportions": [0.3], "out": "o",
                             "method_overrides": {"ssgrl": ["optim.lr=0.002"]}})
     assert spec.regime == "cpu-cached"
@@ -277,7 +277,7 @@ def test_recipes_travel_with_methods():
 
 def test_shipped_sweep_configs_resolve():
     from mlrpl.methods import list_methods
-    from mlrpl.sweep import load_sweep, run_config
+    from mlrpl.experiments.sweep import load_sweep, run_config
     for name, out in (("coco128_cpu", "benchmarks/results/coco128"),
                       ("voc2007-2k_cpu", "benchmarks/results/voc2007-2k")):
         spec = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
@@ -300,7 +300,7 @@ def test_shipped_sweep_configs_resolve():
 def test_a_sweep_base_that_starts_from_another_file():
     """The fine-tuning sweep's base preset has a ``base:`` of its own: its keys and its
     parent's both reach every run (as with ``mlrpl train --config``)."""
-    from mlrpl.sweep import load_sweep, run_config
+    from mlrpl.experiments.sweep import load_sweep, run_config
     spec = load_sweep(REPO / "configs" / "sweeps" / "voc2007-2k_finetune_cpu.yaml")
     pbce, _, ssgrl = (run_config(spec, r) for r in spec.runs()[:3])
     assert pbce.model.freeze == "hcp" and pbce.model.cache_prefix     # the base file
@@ -311,7 +311,7 @@ def test_a_sweep_base_that_starts_from_another_file():
 
 
 def test_published_table_is_data_with_a_source():
-    from mlrpl.reports.published import PUBLISHED, SOURCE, TITLE, published_markdown
+    from mlrpl.experiments.reports.published import PUBLISHED, SOURCE, TITLE, published_markdown
     assert PUBLISHED["SST"]["MS-COCO"] == {"mAP": 76.7, "OF1": 75.8, "CF1": 71.2}
     assert PUBLISHED["DSRB"]["VOC 2007"]["mAP"] == 91.5
     assert set(PUBLISHED) == {"SSGRL", "GCN-ML", "PLCL", "SPLC", "CSL", "SST", "HST", "SARB",
@@ -413,7 +413,7 @@ def test_recorded_runs_keep_their_configs():
     from mlrpl.config import resolved
     from mlrpl.engine.rundir import read_config
     from mlrpl.engine.rundir import config_drift
-    from mlrpl.sweep import load_sweep, run_config
+    from mlrpl.experiments.sweep import load_sweep, run_config
     checked = 0
     for f in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
         spec = load_sweep(f)

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlrpl.data.dataset import IMAGE_LOADER_VERSION, load_image
 from mlrpl.errors import DataError
-from mlrpl.files import rename_into_place
-from mlrpl.progress import progress
+from mlrpl.utils.files import rename_into_place
+from mlrpl.utils.progress import progress
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -82,7 +82,7 @@ def _open_entry(path: Path, shape: tuple) -> np.memmap:
     Writing into a sparse memory map on a full disk kills the process with SIGBUS and prints
     nothing; reserving the blocks up front turns a full disk into one clear error, before the
     long computation."""
-    from mlrpl.files import DiskError, os_error_message
+    from mlrpl.utils.files import DiskError, os_error_message
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     try:
         fd = os.open(path, os.O_RDWR)
@@ -117,8 +117,8 @@ def cached_features(paths: list[str], backbone, transform, cache_dir, backbone_n
         meta = json.loads(meta_file.read_text())
         return (np.load(feats_file, mmap_mode="r"), np.array(meta["valid"], dtype=bool), entry)
 
-    from mlrpl import faults
-    from mlrpl.files import check_writable_dir, disk_errors, remove_stale_temps
+    from mlrpl.utils import faults
+    from mlrpl.utils.files import check_writable_dir, disk_errors, remove_stale_temps
     check_writable_dir(cache_dir, "feature-cache folder (model.cache_dir)", create=True)
     remove_stale_temps(cache_dir)  # entries half-written by killed runs
     tmp = Path(cache_dir) / f".{key}.{os.getpid()}.tmp"

@@ -108,7 +108,7 @@ def scan_images(paths, show_progress=None) -> np.ndarray:
 
     Used with ``data.on_bad_image=skip`` so that unreadable images are removed before batching
     (and listed), never replaced by another image on the fly."""
-    from mlrpl.progress import progress
+    from mlrpl.utils.progress import progress
     ok = np.ones(len(paths), dtype=bool)
     for i, p in enumerate(progress(paths, desc="checking images", enable=show_progress)):
         try:

@@ -82,8 +82,8 @@ class LabelSet:
     # ---- canonical files -------------------------------------------------------------------
     def save(self, path: str | Path, encoding: str = "hcp", keep_old: bool = False) -> Path:
         """Write the canonical form: ``<path>`` (.npz with items, classes, labels), atomically
-        (`keep_old`: a replaced file is moved aside, see :func:`mlrpl.files.atomic_write`)."""
-        from mlrpl.files import atomic_write
+        (`keep_old`: a replaced file is moved aside, see :func:`mlrpl.utils.files.atomic_write`)."""
+        from mlrpl.utils.files import atomic_write
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")

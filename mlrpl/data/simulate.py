@@ -232,7 +232,7 @@ def write_outputs(partial: np.ndarray, record: dict, out, fmt: str = "npy",
     if not out.parent.exists():
         raise DataError("output directory does not exist", path=out.parent)
     record = dict(record, file=out.name, format=fmt)
-    from mlrpl.files import atomic_write, atomic_write_text
+    from mlrpl.utils.files import atomic_write, atomic_write_text
     if fmt == "npy":
         atomic_write(out, lambda fh: np.save(fh, np.asarray(partial, dtype=np.int8),
                                              allow_pickle=False), keep_old=keep_old)

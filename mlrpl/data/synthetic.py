@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mlrpl.errors import ConfigError, DataError
-from mlrpl.files import move_aside, rename_into_place
+from mlrpl.utils.files import move_aside, rename_into_place
 
-__all__ = ["CLASS_SPECS", "CLASS_NAMES", "PARTNER_PAIRS", "EXCLUSIVE_PAIRS", "MAX_CLASSES",
+__all__ = ["CLASS_SHAPES", "CLASS_NAMES", "PARTNER_PAIRS", "EXCLUSIVE_PAIRS", "MAX_CLASSES",
            "make_shapes_dataset", "render_image", "sample_classes"]
 
 GENERATOR = "mlrpl.data.synthetic.shapes"
@@ -44,7 +44,7 @@ VERSION = 1
 SPLITS = ("train", "val")
 
 # (name, shape, RGB). Colours are saturated and far from the grey backgrounds; shapes differ too.
-CLASS_SPECS: list[tuple[str, str, tuple[int, int, int]]] = [
+CLASS_SHAPES: list[tuple[str, str, tuple[int, int, int]]] = [
     ("red_circle", "circle", (220, 35, 35)),
     ("green_square", "square", (35, 175, 60)),
     ("blue_triangle", "triangle", (40, 70, 225)),
@@ -56,8 +56,8 @@ CLASS_SPECS: list[tuple[str, str, tuple[int, int, int]]] = [
     ("pink_hexagon", "hexagon", (250, 115, 190)),
     ("lime_pentagon", "pentagon", (165, 245, 70)),
 ]
-CLASS_NAMES = [name for name, _, _ in CLASS_SPECS]
-MAX_CLASSES = len(CLASS_SPECS)
+CLASS_NAMES = [name for name, _, _ in CLASS_SHAPES]
+MAX_CLASSES = len(CLASS_SHAPES)
 
 # Pairs that often appear together (the second object of an image is the first one's partner
 # with probability PARTNER_P) and pairs that never do.
@@ -201,7 +201,7 @@ def render_image(rng: np.random.Generator, classes: list[int], size: int = 96):
 
     boxes, placed = [], []
     for c in classes:
-        _, shape, rgb = CLASS_SPECS[c]
+        _, shape, rgb = CLASS_SHAPES[c]
         r = rng.uniform(0.11, 0.2) * size
         # Keep the object inside the image and try not to cover the others too much.
         for _ in range(20):

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.engine.checkpoint import load_checkpoint
 from mlrpl.engine.experiment import (build_backbone, cache_source, class_difference, data_root,
                                      load_splits, make_dataset, open_checkpoint)
 from mlrpl.engine.runtime import amp_dtype, select_device
 from mlrpl.errors import DataError, MlrplError
 from mlrpl.metrics import compute_metrics
-from mlrpl.progress import progress
+from mlrpl.utils.progress import progress
 
 
 def gather_unique(index: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:

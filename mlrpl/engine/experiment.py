@@ -17,7 +17,7 @@ from torch import nn
 from mlrpl.data import LabelSet, read_dataset
 from mlrpl.data.labelset import label_hash
 from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.errors import ConfigError, DataError, MlrplError
 from mlrpl.methods import get_method_class
 from mlrpl.methods.base import MethodContext

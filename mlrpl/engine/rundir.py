@@ -70,7 +70,7 @@ def read_json(path) -> dict:
 def write_json(path, obj) -> None:
     """Write to a temporary name in the same directory, then rename."""
     path = Path(path)
-    from mlrpl.files import atomic_write_text
+    from mlrpl.utils.files import atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=1, default=_plain))
 
@@ -132,7 +132,7 @@ def write_summary(run_dir, history: list[dict]) -> None:
     cols: list[str] = []
     for row in history:
         cols += [k for k in row if k not in cols]
-    from mlrpl.files import atomic_write
+    from mlrpl.utils.files import atomic_write
 
     def write(fh):
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -173,7 +173,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
     * a run that stopped before its first checkpoint is started over;
     * a file where the directory should be, or a folder that cannot be written, is one error;
     * temporary files of killed writers are removed."""
-    from mlrpl.files import check_writable_dir, remove_stale_temps
+    from mlrpl.utils.files import check_writable_dir, remove_stale_temps
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run.dir {path} is a file, not a directory; choose another run.dir")
@@ -200,7 +200,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
             raise ConfigError(f"run.overwrite=true: {path} is not an mlrpl run directory (no "
                               f"{RUN_RECORD}); refusing to replace it; choose another run.dir")
         else:
-            from mlrpl.files import move_aside
+            from mlrpl.utils.files import move_aside
             aside = move_aside(path, "replaced")
             import logging
             logging.getLogger("mlrpl").warning(f"run.overwrite=true: the previous run was moved "
@@ -295,7 +295,7 @@ class RunLock:
             _HELD[key][1] += 1
             self.held = True
             return self
-        from mlrpl.files import check_writable_dir
+        from mlrpl.utils.files import check_writable_dir
         parent = self.path.parent
         top = parent
         while not top.exists():

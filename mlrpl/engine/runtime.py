@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.errors import ConfigError
 
 

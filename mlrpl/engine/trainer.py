@@ -23,11 +23,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from mlrpl import dist, faults
+from mlrpl.utils import dist, faults
 from mlrpl.config import PATH_KEYS, resolved, to_yaml
 from mlrpl.engine import rundir
-from mlrpl.engine.checkpoint import (FORMAT, atomic_copy, atomic_save, load_checkpoint,
-                                     load_model_state, rng_state, set_rng_state)
+from mlrpl.engine.checkpoint import (FORMAT, load_checkpoint, load_model_state, rng_state,
+                                     set_rng_state)
 from mlrpl.engine.evaluate import predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
                                      build_model, check_evaluable, load_splits, make_dataset,
@@ -35,13 +35,14 @@ from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build
 from mlrpl.engine.runtime import (amp_dtype, epoch_seed, process_settings, seed_everything,
                                   select_device, to_device)
 from mlrpl.errors import ConfigError, MlrplError
-from mlrpl.logs import log_file
+from mlrpl.utils.torchio import atomic_copy, atomic_save
+from mlrpl.utils.logs import log_file
 from mlrpl.methods import method_code_digest
 from mlrpl.methods.base import EpochContext, eval_mode
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 from mlrpl.plugins import build_plugins
 from mlrpl.plugins.base import PluginContext, TrainEndContext
-from mlrpl.progress import progress
+from mlrpl.utils.progress import progress
 from mlrpl.version import __version__
 
 log = logging.getLogger("mlrpl")
@@ -143,7 +144,7 @@ class Trainer:
         if resume and dist.is_main():
             self.resume_changes = self._check_resume_config()
         if dist.is_main():
-            from mlrpl.files import atomic_write_text
+            from mlrpl.utils.files import atomic_write_text
             atomic_write_text(self.run_dir / rundir.CONFIG, to_yaml(cfg))
             rundir.write_run_record(self.run_dir, method=cfg.method.name,
                                     method_code=method_code_digest(cfg.method.name),
@@ -320,7 +321,7 @@ class Trainer:
                         if far else ""))
         if dist.is_main():
             if any(self.skipped.values()):
-                from mlrpl.files import atomic_write_text
+                from mlrpl.utils.files import atomic_write_text
                 atomic_write_text(self.run_dir / "skipped_images.txt", "".join(
                     f"{split}\t{item}\n" for split, items in self.skipped.items()
                     for item in items))
@@ -329,7 +330,7 @@ class Trainer:
 
     def _check_space(self):
         """Two checkpoints (and their temporary copies) must fit before the first epoch."""
-        from mlrpl.files import check_free_space
+        from mlrpl.utils.files import check_free_space
         n = sum(t.numel() * t.element_size() for t in self._model_state()[0].values())
         n += 2 * sum(p.numel() * p.element_size() for p in self.model.parameters()
                      if p.requires_grad)  # the optimiser's moments

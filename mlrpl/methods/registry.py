@@ -15,7 +15,7 @@ import importlib
 from pathlib import Path
 
 from mlrpl.errors import ConfigError
-from mlrpl.registry import Registry
+from mlrpl.utils.registry import Registry
 
 # Training regimes a method can declare a recipe for (``Method.recipes``).
 REGIMES = {
@@ -74,7 +74,7 @@ def recipe(name: str, regime: str) -> list[str] | None:
 def method_code_digest(name: str) -> str:
     """A digest of the code method ``name`` runs (its module and every package module it
     imports): a sweep re-runs a finished run when it changed."""
-    from mlrpl.codeinfo import code_digest, modules
+    from mlrpl.utils.codeinfo import code_digest, modules
     module = get_method_class(name).__module__
     if module not in modules():        # a third-party method: its own file
         import hashlib

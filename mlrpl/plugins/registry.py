@@ -8,7 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mlrpl.errors import ConfigError
-from mlrpl.registry import Registry
+from mlrpl.utils.registry import Registry
 
 _PLUGINS = Registry("plug-in", "mlrpl.plugins", Path(__file__).parent, "mlrpl.plugins",
                     ConfigError, skip=("base", "registry"))

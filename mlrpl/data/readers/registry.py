@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlrpl.errors import DataError
-from mlrpl.registry import Registry
+from mlrpl.utils.registry import Registry
 
 
 def _error(msg: str) -> DataError:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.losses import instance_contrastive, partial_bce, soft_partial_bce, zero_loss
 from mlrpl.methods.components.ist import warmup_ramp
 from mlrpl.methods.components.prototypes import recompute_due

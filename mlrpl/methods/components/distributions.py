@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.errors import ConfigError
 
 # The range of each score source: probabilities and co-occurrence means lie in [0, 1], cosine

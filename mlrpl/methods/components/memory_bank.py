@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlrpl import dist
+from mlrpl.utils import dist
 from mlrpl.methods.components.prototypes import cosine_to_mean
 
 

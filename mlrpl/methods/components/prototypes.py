@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlrpl import dist, faults
-from mlrpl.progress import progress
+from mlrpl.utils import dist, faults
+from mlrpl.utils.progress import progress
 
 
 def recompute_due(epoch: int, last: int, start_epoch: int, interval: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlrpl import dist
+from mlrpl.utils import dist
 
 
 class PseudoLabelQuality:

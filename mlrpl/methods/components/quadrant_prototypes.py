@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from mlrpl import dist, faults
+from mlrpl.utils import dist, faults
 from mlrpl.methods.components.prototypes import Prototypes, collect_positive_features
 
 QUADRANTS = 4

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 PACKAGE = "mlrpl"
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]   # the mlrpl package
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 fall into the four quadrants of the attention-weighted map's peak (the ``occupancy`` buffer of
 the last prototype recomputation), one stacked bar per class.
 
-    from mlrpl.reports.blending import plot_quadrant_occupancy
+    from mlrpl.experiments.reports.blending import plot_quadrant_occupancy
     plot_quadrant_occupancy("runs/x/last.pt", "occupancy.png")
 
 A quadrant with no known positive is filled with the class's mean prototype
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.errors import MlrplError
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 
 QUADRANT_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right")
 KEY = "method.prototypes.occupancy"

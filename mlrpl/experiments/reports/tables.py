@@ -17,7 +17,7 @@ from mlrpl.engine import rundir
 from mlrpl.engine.rundir import number as _num
 from mlrpl.engine.rundir import read_config, read_summary  # noqa: F401 (the reports' readers)
 from mlrpl.metrics import METRIC_KEYS
-from mlrpl.sweepspec import read_spec_file
+from mlrpl.experiments.spec import read_spec_file
 
 EVAL_KEYS = (*METRIC_KEYS, "eval_images")
 # The code a run was made with, from its run.json (empty for runs made before it existed).
@@ -157,7 +157,7 @@ def write_results_csv(rows: list[dict], path) -> Path:
 
 
 def _write_csv(path, cols: list[str], rows: list[dict]) -> Path:
-    from mlrpl.files import atomic_write
+    from mlrpl.utils.files import atomic_write
 
     def write(fh):
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -331,7 +331,7 @@ def _recipes(sweep_dir: Path, rows: list[dict]) -> dict[str, list[str]]:
 
 def results_markdown(sweep_dir, rows: list[dict], reference: bool = False,
                      baseline: str = "pbce", plots: list[str] = ()) -> str:
-    from mlrpl.reports.published import dataset_of, published_markdown
+    from mlrpl.experiments.reports.published import dataset_of, published_markdown
     sweep_dir = Path(sweep_dir)
     spec = read_spec_file(sweep_dir) or {}
     methods = ordered([m["label"] for m in spec.get("methods", [])] + [r["method"] for r in rows])

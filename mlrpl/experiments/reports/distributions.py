@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.errors import MlrplError
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 
 SCORE_NAMES = {"cls": "classifier probability σ(s)", "intra": "intra-image co-occurrence q^intra",
                "inter": "cross-image similarity q^inter"}
@@ -84,7 +84,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     negatives (blue) with τ⁺ (red dashed), τ⁻ (blue dashed) and the decision threshold (black):
     top row at the start of pseudo-labelling (epoch E0), bottom row at the checkpoint's epoch."""
     from mlrpl.methods.components.distributions import SOURCE_RANGES
-    from mlrpl.reports.plots import new_figure, save_figure
+    from mlrpl.experiments.reports.plots import new_figure, save_figure
     d = model.method.distributions
     names = list(ckpt["classes"])
     source = source or d.sources[0]
@@ -143,7 +143,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
 def _refuse_existing(path, force: bool) -> None:
     """Checked before any work: the folder exists and is writable, no file is replaced unasked."""
     if path is not None:
-        from mlrpl.files import check_output
+        from mlrpl.utils.files import check_output
         check_output(path, force)
 
 
@@ -157,7 +157,7 @@ def export_thresholds(checkpoint, out=None, plot=None, classes=None, source=None
     model, ckpt = load_distributions(checkpoint)
     text = json.dumps(threshold_table(model, ckpt, checkpoint), indent=1)
     if out is not None:
-        from mlrpl.files import atomic_write_text
+        from mlrpl.utils.files import atomic_write_text
         atomic_write_text(out, text + "\n", keep_old=force)
     if plot is not None:
         plot_score_distributions(model, ckpt, plot, classes, source)

@@ -146,7 +146,7 @@ def thresholds_record(path) -> dict:
 def write_thresholds(path, classes: list[str], result: dict, meta: dict,
                      keep_old: bool = False) -> Path:
     """Write the tuned thresholds as JSON (atomically): ``{"thresholds": {class: t}, ...}``."""
-    from mlrpl.files import atomic_write_text
+    from mlrpl.utils.files import atomic_write_text
     path = Path(path)
     doc = {"source": "tuned", **meta,
            "global_threshold": round(float(result["global_threshold"]), 6),

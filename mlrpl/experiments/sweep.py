@@ -4,7 +4,7 @@
     mlrpl sweep --config S.yaml --methods pbce,ssgrl --seeds 0 sched.name=step   # narrowed
     torchrun --nproc_per_node=4 -m mlrpl sweep --config S.yaml                  # 4 devices
 
-The sweep config (its YAML format and schema) is :mod:`mlrpl.sweepspec`.
+The sweep config (its YAML format and schema) is :mod:`mlrpl.experiments.spec`.
 
 Each run's config is: the base config (its ``method:`` keys only when the run's method is the
 one named there) ← base overrides ← command-line overrides ← the method's recipe for the sweep's
@@ -37,7 +37,7 @@ Written in ``<out>``: ``sweep.yaml`` (the resolved spec of the latest invocation
 it ran, and its list of runs; reports also include run directories left by earlier, wider
 invocations), ``sweep.log`` (wall time of every run and of the sweep), ``runs/<run>/`` (ordinary
 run directories plus ``sweep_run.json``: status, action and wall time; ``error.txt`` on failure;
-``per_class_last.csv``), then the report (:mod:`mlrpl.reports`): ``results.csv``,
+``per_class_last.csv``), then the report (:mod:`mlrpl.experiments.reports`): ``results.csv``,
 ``results.md``, ``plots/``.
 """
 from __future__ import annotations
@@ -54,8 +54,8 @@ from pathlib import Path
 import yaml
 
 from mlrpl.engine import rundir
-from mlrpl.errors import ConfigError, MlrplError
-from mlrpl.sweepspec import SPEC_FILE, RunSpec, SweepSpec, load_sweep  # noqa: F401 (load_sweep)
+from mlrpl.errors import MlrplError
+from mlrpl.experiments.spec import SWEEP_FILE, RunSpec, SweepSpec, load_sweep  # noqa: F401 (load_sweep)
 
 LOG_FILE = "sweep.log"
 
@@ -115,7 +115,7 @@ def stale_reason(run_dir: Path, method_name: str) -> str | None:
 
 def set_aside(run_dir: Path) -> Path:
     """Move a run directory to ``<run>.stale-<time>`` (never deleted); returns the new path."""
-    from mlrpl.files import move_aside
+    from mlrpl.utils.files import move_aside
     return move_aside(run_dir, "stale")
 
 
@@ -196,7 +196,7 @@ def _release_logging() -> None:
 
 def _save_per_class(trainer, run_dir: Path) -> None:
     """Per-class AP of the final model beside the run, so reports need no data to plot it."""
-    from mlrpl.reports.tables import per_class_from_scores, write_per_class
+    from mlrpl.experiments.reports.tables import per_class_from_scores, write_per_class
     _, scores = trainer.evaluate(trainer.val_ds, trainer.exp.val.labels)
     rows = per_class_from_scores(scores, trainer.exp.val.labels, trainer.exp.train.classes,
                                  trainer.exp.partial, trainer.exp.train.labels,
@@ -457,13 +457,13 @@ def _dry_run(spec: SweepSpec, runs: list[RunSpec], configs: list, reuse_stale: b
 def _start(spec: SweepSpec, runs: list, configs: list, workers: Workers, argv,
            log: SweepLog) -> None:
     """Rank 0, before any run: the sweep directory, its resolved spec, the feature caches."""
-    from mlrpl.files import atomic_write_text
+    from mlrpl.utils.files import atomic_write_text
     out = spec.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
     d = spec.to_dict()
     d["command"] = " ".join(shlex.quote(a) for a in (argv or sys.argv))
     d["processes"] = workers.world
-    atomic_write_text(out / SPEC_FILE, yaml.safe_dump(d, sort_keys=False))
+    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(d, sort_keys=False))
     n_bad = sum(isinstance(c, Exception) for c in configs)
     log(f"sweep   {len(runs)} runs ({len(spec.methods)} methods x {len(spec.proportions)} "
         f"proportions x {len(spec.seeds)} seeds, regime {spec.regime}) -> {out}"
@@ -473,7 +473,7 @@ def _start(spec: SweepSpec, runs: list, configs: list, workers: Workers, argv,
 
 
 def _report(out: Path, reference, log: SweepLog) -> bool:
-    from mlrpl.reports import build_sweep_report
+    from mlrpl.experiments.reports import build_sweep_report
     try:
         written = build_sweep_report(out, reference=reference)
         log(f"report  {', '.join(str(p) for p in written)}")

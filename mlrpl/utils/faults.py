@@ -3,7 +3,7 @@
 A point does nothing until the fault suite arms it, explicitly, in the process itself, before
 the command runs (``tests/test_faults_run.py`` starts its runs this way)::
 
-    python -c "import sys; from mlrpl import faults; faults.arm(sys.argv[1]);
+    python -c "import sys; from mlrpl.utils import faults; faults.arm(sys.argv[1]);
                from mlrpl.cli import main; sys.exit(main(sys.argv[2:]))" train.step:5 train ...
 
 ``arm("checkpoint.between_renames")`` kills the first time that point is reached,

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from mlrpl.engine import rundir
 from mlrpl.errors import MlrplError
-from mlrpl.sweepspec import SPEC_FILE, read_spec_file
+from mlrpl.experiments.spec import SWEEP_FILE, read_spec_file
 
 
 def _run_plots(run_dir: Path, plot_dir: Path, name: str, which: str = "last") -> tuple[list, list]:
     """The three plots of one run; returns (written paths, per-class rows or None)."""
-    from mlrpl.reports import plots
-    from mlrpl.reports.tables import per_class_for_run
+    from mlrpl.experiments.reports import plots
+    from mlrpl.experiments.reports.tables import per_class_for_run
     written = []
     summary = rundir.read_summary(run_dir)
     if summary:
@@ -49,7 +49,7 @@ def _run_plots(run_dir: Path, plot_dir: Path, name: str, which: str = "last") ->
 def _distribution_plot(run_dir: Path, png: Path, name: str):
     """SATL's figure (score histograms and per-class thresholds) when the run keeps them."""
     from mlrpl.engine.checkpoint import load_checkpoint
-    from mlrpl.reports.satl import has_distributions, load_distributions, plot_score_distributions
+    from mlrpl.experiments.reports.distributions import has_distributions, load_distributions, plot_score_distributions
     path = run_dir / rundir.LAST
     if not path.is_file():
         # checkpoints are not kept with recorded sweeps: a figure drawn earlier stays listed
@@ -90,8 +90,8 @@ def _resolve_run(sweep_dir: Path, run: str) -> Path:
 def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
                        baseline: str | None = None, plots: bool = True) -> list[Path]:
     """Write results.csv, results.md and plots/ of a sweep directory; returns the paths."""
-    from mlrpl.reports import plots as P
-    from mlrpl.reports.tables import collect_rows, results_markdown, write_results_csv
+    from mlrpl.experiments.reports import plots as P
+    from mlrpl.experiments.reports.tables import collect_rows, results_markdown, write_results_csv
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     if not rows:
@@ -124,7 +124,7 @@ def build_sweep_report(sweep_dir, reference: bool | None = None, run_plots=None,
 
 def build_run_report(run_dir, which: str = "last", plots: bool = True) -> list[Path]:
     """Write report.md and plots/ (training curves, per-class AP, pseudo-labels) of a run."""
-    from mlrpl.reports.tables import per_class_for_run, run_markdown
+    from mlrpl.experiments.reports.tables import per_class_for_run, run_markdown
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).is_file():
         raise MlrplError(f"{run_dir}: not a run directory (no {rundir.CONFIG})")
@@ -144,7 +144,7 @@ def build_run_report(run_dir, which: str = "last", plots: bool = True) -> list[P
 
 def is_sweep_dir(path) -> bool:
     p = Path(path)
-    return (p / SPEC_FILE).is_file() or ((p / "runs").is_dir()
+    return (p / SWEEP_FILE).is_file() or ((p / "runs").is_dir()
                                          and not (p / rundir.CONFIG).is_file())
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from mlrpl.engine.rundir import read_summary
-from mlrpl.optional import require
-from mlrpl.reports.tables import BEST_LABEL, is_finite, ordered, pl_sources, values_by
+from mlrpl.utils.optional import require
+from mlrpl.experiments.reports.tables import BEST_LABEL, is_finite, ordered, pl_sources, values_by
 
 DPI = 120
 

@@ -1,6 +1,6 @@
 """Optional dependencies (the extras of pyproject.toml): one line when one is missing.
 
-    from mlrpl.optional import require
+    from mlrpl.utils.optional import require
     require("matplotlib", "plot", "plots", "pass --no-plots")
 
 imports ``matplotlib`` and returns it, or raises one :class:`~mlrpl.errors.ConfigError`:

@@ -37,8 +37,8 @@ from omegaconf import OmegaConf
 
 from mlrpl.errors import ConfigError
 
-SPEC_FILE = "sweep.yaml"
-PACKAGE_DIR = Path(__file__).resolve().parent
+SWEEP_FILE = "sweep.yaml"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the mlrpl package (its configs/)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -139,7 +139,7 @@ def run_name(label: str, p: float, seed: int) -> str:
 
 def read_spec_file(out) -> dict | None:
     """The resolved spec written in a sweep directory (None when absent)."""
-    f = Path(out) / SPEC_FILE
+    f = Path(out) / SWEEP_FILE
     return yaml.safe_load(f.read_text()) if f.is_file() else None
 
 

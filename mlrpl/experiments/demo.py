@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from mlrpl.errors import MlrplError
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 
-PRESET = Path(__file__).parent / "configs" / "coco128_pbce_cpu.yaml"
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "coco128_pbce_cpu.yaml"
 
 COCO128_HELP = (
     "COCO128 was not found (looked for coco128/classes.yaml under {where}). To run the demo on "

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlrpl.engine.experiment import open_checkpoint
 from mlrpl.errors import DataError, MlrplError
-from mlrpl.optional import require
+from mlrpl.utils.optional import require
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -42,8 +42,8 @@ def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None,
     """A self-contained inference checkpoint: every tensor (the backbone included), the config,
     classes, preprocessing, the method's state and the tuned thresholds when there are some; no
     optimiser, RNG or history. It opens without network and without the original weight file."""
-    from mlrpl.engine.checkpoint import atomic_save
-    from mlrpl.thresholds import sidecar_path
+    from mlrpl.utils.torchio import atomic_save
+    from mlrpl.deploy.thresholds import sidecar_path
     out = Path(out)
     if out.exists() and not force:
         raise MlrplError(f"{out}: refusing to overwrite an existing file (pass --force)")
@@ -55,7 +55,7 @@ def write_bundle(checkpoint, out, force: bool = False, backbone_weights=None,
                   bundled_from=str(checkpoint))
     side = sidecar_path(checkpoint)
     if side.is_file():
-        from mlrpl.thresholds import model_digest, read_thresholds, thresholds_record
+        from mlrpl.deploy.thresholds import model_digest, read_thresholds, thresholds_record
         read_thresholds(side, list(ckpt["classes"]))          # a damaged file is an error here
         recorded = thresholds_record(side)["model_digest"]
         if recorded is not None and recorded != model_digest(model):
@@ -84,9 +84,9 @@ def resolve_thresholds(spec, checkpoint_path, ckpt: dict, model, default: float 
     line and the next source is taken (for ``"tuned"``: an error). A file given explicitly for
     another model is used, with a warning naming both. A tuned file without the record is used
     with a warning that it cannot be verified. ``digest``: a callable returning this model's
-    :func:`~mlrpl.thresholds.model_digest` (computed when needed if None)."""
+    :func:`~mlrpl.deploy.thresholds.model_digest` (computed when needed if None)."""
     from mlrpl.engine.evaluate import learned_thresholds
-    from mlrpl.thresholds import model_digest, read_thresholds, sidecar_path, thresholds_record
+    from mlrpl.deploy.thresholds import model_digest, read_thresholds, sidecar_path, thresholds_record
     warn = warn or python_warning
     mine: list[str] = []
 
@@ -326,10 +326,10 @@ class Predictor:
 
     @property
     def model_digest(self) -> str:
-        """sha256 of the model's weights (:func:`mlrpl.thresholds.model_digest`), the identity
+        """sha256 of the model's weights (:func:`mlrpl.deploy.thresholds.model_digest`), the identity
         tuned thresholds record."""
         if self._digest is None:
-            from mlrpl.thresholds import model_digest
+            from mlrpl.deploy.thresholds import model_digest
             self._digest = model_digest(self.model)
         return self._digest
 
@@ -379,7 +379,7 @@ class Predictor:
         (see :data:`INPUTS_DOC`: all but a preprocessed float tensor (3, S, S) go through the
         same decoding and preprocessing as an image file). With ``on_error="skip"`` unreadable
         images get NaN rows; their errors are returned as a second value ``{index: message}``."""
-        from mlrpl.progress import progress
+        from mlrpl.utils.progress import progress
         items = _as_items(inputs, self.image_size)
         loader = DataLoader(_Images(items, self.transform), batch_size=batch_size,
                             collate_fn=_collate)

@@ -41,7 +41,7 @@ def _check_images(predictor, images, n: int = 8) -> tuple[torch.Tensor, str]:
     from mlrpl.errors import DataError
     paths = []
     if images:
-        from mlrpl.predict import expand_inputs
+        from mlrpl.deploy.predict import expand_inputs
         paths = expand_inputs(images)
         what = "given images"
     else:
@@ -92,7 +92,7 @@ def check_export_out(out, force: bool) -> bool:
     """Check the export folder before any work; True when an earlier export is to be replaced
     (moved aside). A file, a non-empty folder without ``force``, or a non-empty folder that no
     export wrote (even with ``force``) is one error."""
-    from mlrpl.files import check_writable_dir
+    from mlrpl.utils.files import check_writable_dir
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise MlrplError(f"{out}: --out is a file, not a folder; export writes a folder: give a "
@@ -123,9 +123,9 @@ def export_model(checkpoint, out, fmt: str = "onnx", thresholds="auto", images=N
 
     ``warn`` receives one-line warnings (thresholds tuned for another model, no tuned
     thresholds); by default they are Python warnings."""
-    from mlrpl.files import (disk_errors, make_temp_dir, move_aside, remove_stale_temps_of,
+    from mlrpl.utils.files import (disk_errors, make_temp_dir, move_aside, remove_stale_temps_of,
                              rename_into_place)
-    from mlrpl.predict import Predictor
+    from mlrpl.deploy.predict import Predictor
     from mlrpl.version import __version__
     if fmt not in FORMATS:
         raise MlrplError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
