@@ -1,6 +1,6 @@
 """mlrpl: multi-label image recognition with partial labels.
 
-The Python API (:mod:`mlrpl.api`) and the method factory (:mod:`mlrpl.methods.registry`) are
+The Python API (:mod:`mlrpl.api`) and the method factory (:mod:`mlrpl.methods.base`) are
 re-exported here, imported on first use so that ``import mlrpl`` stays light (no torch) for the
 command line's startup::
 
@@ -10,8 +10,8 @@ command line's startup::
 from mlrpl.version import __version__
 
 _EXPORTS = {"load": "mlrpl.api", "train": "mlrpl.api", "evaluate": "mlrpl.api",
-            "Predictor": "mlrpl.api", "create_method": "mlrpl.methods.registry",
-            "list_methods": "mlrpl.methods.registry", "list_plugins": "mlrpl.plugins.registry"}
+            "Predictor": "mlrpl.api", "create_method": "mlrpl.methods.base",
+            "list_methods": "mlrpl.methods.base", "list_plugins": "mlrpl.plugins.registry"}
 
 __all__ = ["__version__", *_EXPORTS]
 

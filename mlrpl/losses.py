@@ -282,3 +282,14 @@ def ranking_loss(logits: torch.Tensor, target: torch.Tensor, margin: float = 0.0
 def zero_loss(logits: torch.Tensor) -> torch.Tensor:
     """A zero loss term (a term that is off in this epoch keeps its column in summary.csv)."""
     return logits.new_zeros((), dtype=torch.float32)
+
+
+def warmup_ramp(batch: dict, epoch: int, enabled: bool = True) -> float:
+    """The weight ramp of the co-occurrence and contrastive terms: step / steps_per_epoch during
+    epoch 0 (the released linear warm-up), 1 afterwards."""
+    if not enabled or epoch > 0:
+        return 1.0
+    steps = batch.get("steps_per_epoch")
+    if not steps:
+        return 1.0
+    return float(batch.get("step", 0)) / float(steps)

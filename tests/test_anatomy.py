@@ -244,7 +244,7 @@ def test_every_method_defines_only_hooks_the_base_declares(name):
     name the base does not declare (it would never be called) is not there."""
     import inspect
 
-    from mlrpl.methods.registry import get_method_class
+    from mlrpl.methods.base import get_method_class
     cls = get_method_class(name)
     assert issubclass(cls, Method) and cls.name == name
     assert issubclass(cls.Config, MethodConfig) and cls.Config().name == name
@@ -446,7 +446,7 @@ def test_toy_method_from_the_doc(shapes, cache_dir, tmp_path, monkeypatch):
 
 def test_entry_point_registration(tmp_path, monkeypatch):
     """A package that declares an ``mlrpl.methods`` entry point is found without an import."""
-    from mlrpl.methods import registry
+    from mlrpl.methods import base as registry
     site = tmp_path / "site"
     (site / "ep_pkg").mkdir(parents=True)
     (site / "ep_pkg" / "__init__.py").write_text("")
@@ -478,3 +478,17 @@ def test_code_digest_ignores_comments_and_docstrings_not_code(tmp_path):
     b.write_text('# a comment\ndef f(x):\n\n    # another\n    return x + 1  # and one\n')
     c.write_text('def f(x):\n    return x + 2\n')
     assert _code_only(a) == _code_only(b) != _code_only(c)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_a_method_reads_in_a_few_files_and_one_class_stands_between_it_and_nn_module(name):
+    """Composition over inheritance: a method class derives from ``Method`` alone (it names the
+    shared functions it takes as hooks in its own class body), and its code is its own module,
+    the contract and its building blocks: at most six files of mlrpl/methods."""
+    from mlrpl.methods import get_method_class
+    cls = get_method_class(name)
+    between = [c for c in cls.__mro__[1:cls.__mro__.index(torch.nn.Module)]
+               if c.__module__.startswith("mlrpl")]
+    assert between == [Method]
+    files = sorted(m for m in reachable(cls.__module__) if m.startswith("mlrpl.methods"))
+    assert len(files) <= 6, files

@@ -6,7 +6,7 @@ import torch
 
 from mlrpl.errors import ConfigError
 from mlrpl.losses import cooccurrence_focal
-from mlrpl.methods.components.ist import IntraImageTransfer
+from mlrpl.methods.components.transfer import IntraImageTransfer
 from mlrpl.methods.components.transfer import TransferConfig
 
 

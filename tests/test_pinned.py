@@ -36,7 +36,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlrpl.methods import list_methods                                     # noqa: E402
-from mlrpl.methods.registry import get_method_class                       # noqa: E402
+from mlrpl.methods.base import get_method_class                       # noqa: E402
 from mlrpl.plugins import list_plugins                                     # noqa: E402
 
 PINS = Path(__file__).parent / "data" / "method_pins.json"

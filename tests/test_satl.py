@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from mlrpl.errors import ConfigError
 from mlrpl.losses import ranking_loss
-from mlrpl.methods.components.distributions import (SATLThresholdConfig, ScoreDistributions,
+from mlrpl.methods.components.pseudo_labels import (SATLThresholdConfig, ScoreDistributions,
                                                     check_threshold_config,
                                                     distribution_thresholds)
-from mlrpl.methods.components.ist import CooccurrenceHead, intra_scores, leave_one_out_intra
+from mlrpl.methods.components.transfer import CooccurrenceHead, intra_scores, leave_one_out_intra
 from tests.test_transfer import batch_of, build, train_twice_with_resume
 
 
@@ -246,7 +246,7 @@ def test_trains_and_resumes_exactly(shapes, cache_dir, tmp_path, method, extra):
 
 _DDP = r"""
 import sys, torch, torch.distributed as td
-from mlrpl.methods.components.distributions import SATLThresholdConfig, ScoreDistributions
+from mlrpl.methods.components.pseudo_labels import SATLThresholdConfig, ScoreDistributions
 rank, world, path = int(sys.argv[1]), 2, sys.argv[2]
 td.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
 g = torch.Generator().manual_seed(0)

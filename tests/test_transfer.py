@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from mlrpl.losses import cooccurrence_focal, instance_contrastive
 from mlrpl.methods import get_method_class
 from mlrpl.methods.base import MethodContext
-from mlrpl.methods.components.ist import IntraImageTransfer, intra_scores, intra_scores_dense
+from mlrpl.methods.components.transfer import IntraImageTransfer, intra_scores, intra_scores_dense
 from mlrpl.methods.components.memory_bank import MemoryBank
 from mlrpl.methods.components.prototypes import kmeans_prototypes, kmeans_seed
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality

@@ -43,7 +43,7 @@ from mlrpl.errors import ConfigError
 from mlrpl.losses import asymmetric_loss, soft_asymmetric_loss
 from mlrpl.methods.base import Method, MethodConfig
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
-from mlrpl.methods.registry import register_method
+from mlrpl.methods.base import register_method
 
 
 @dataclass

@@ -31,9 +31,10 @@ from torch import nn
 
 from mlrpl.losses import instance_contrastive, partial_bce, zero_loss
 from mlrpl.methods.components.prototypes import Prototypes, recompute_due
-from mlrpl.methods.components.sarl import sarl_recipes
-from mlrpl.methods.components.transfer import TransferConfig, TransferMethod
-from mlrpl.methods.registry import register_method
+from mlrpl.methods.base import Method, register_method
+from mlrpl.methods.components import transfer as shared
+from mlrpl.methods.components.transfer import TransferConfig
+from mlrpl.models.sarl import sarl_recipes
 
 log = logging.getLogger("mlrpl")
 
@@ -51,14 +52,26 @@ class HSTConfig(TransferConfig):
 
 
 @register_method("hst")
-class HST(TransferMethod):
+class HST(Method):
     Config = HSTConfig
+    needs_embeddings = True
+    pl_sources = shared.PL_SOURCES
+    # What it shares with sst (mlrpl.methods.components.transfer), taken by name:
+    forward = shared.transfer_forward         # the trunk, then self.transfer(out, target, epoch)
+    uses_satl = property(shared.uses_satl)
+    intra_observation = staticmethod(shared.intra_observation)
+    satl_positives = shared.satl_positives
+    is_active = shared.is_active
+    shared_terms = shared.shared_terms
+    pseudo_bce = shared.pseudo_bce
+    update_state = shared.transfer_update_state
     # θ takes no part before E0 (and θ_inter none while no class has a prototype).
     ddp_find_unused_parameters = True
     recipes = sarl_recipes(hcp=["method.cooc_pairs=all", "train.batch_size=32"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        shared.build_parts(self, cfg, ctx)
         c, k, d = ctx.num_classes, int(cfg.num_prototypes), self.trunk.dim
         self.quirks = bool(cfg.reference_quirks)
         init = cfg.threshold_init if cfg.threshold_init is not None else (1.0 if self.quirks else 0.95)
@@ -78,7 +91,7 @@ class HST(TransferMethod):
 
     # ---- prototypes --------------------------------------------------------------------------
     def on_epoch_start(self, ctx):
-        super().on_epoch_start(ctx)
+        shared.transfer_on_epoch_start(self, ctx)
         if not recompute_due(ctx.epoch, int(self.prototypes.epoch), int(self.cfg.start_epoch),
                              int(self.cfg.prototype_interval)):
             return
@@ -150,7 +163,7 @@ class HST(TransferMethod):
         return terms
 
     def epoch_stats(self):
-        stats = super().epoch_stats()
+        stats = shared.transfer_epoch_stats(self)
         if self.uses_satl:  # the learnable thresholds take no part
             return stats
         stats["threshold_intra"] = float(self.threshold_intra.detach())

@@ -10,7 +10,7 @@ from torch import nn
 
 from mlrpl.losses import partial_bce
 from mlrpl.methods.base import Method, MethodConfig
-from mlrpl.methods.registry import register_method
+from mlrpl.methods.base import register_method
 
 
 @dataclass

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mlrpl.methods.components.blending import BlendingConfig, BlendingMethod, draw_classes
+from mlrpl.methods.base import Method, register_method
+from mlrpl.methods.components import blending
+from mlrpl.methods.components.blending import BlendingConfig, draw_classes
 from mlrpl.methods.components.prototypes import Prototypes
-from mlrpl.methods.registry import register_method
+from mlrpl.models.sarl import sarl_recipes
 
 log = logging.getLogger("mlrpl")
 
@@ -44,11 +46,24 @@ class SARBConfig(BlendingConfig):
 
 
 @register_method("sarb")
-class SARB(BlendingMethod):
+class SARB(Method):
     Config = SARBConfig
+    needs_embeddings = True
+    # α, β take no part before E0, or when a batch blends nothing.
+    ddp_find_unused_parameters = True
+    recipes = sarl_recipes(hcp=["train.batch_size=8"])
+    # What it shares with dsrb (mlrpl.methods.components.blending), taken by name:
+    forward = blending.blending_forward
+    loss = blending.blending_loss
+    update_state = blending.blending_update_state
+    epoch_stats = blending.blending_epoch_stats
+    on_epoch_start = blending.blending_on_epoch_start
+    coefficients = blending.coefficients
+    is_active = blending.is_active
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        blending.build_parts(self, cfg, ctx)
         self.prototypes = Prototypes(ctx.num_classes, int(cfg.num_prototypes), self.trunk.dim)
 
     def recompute_prototypes(self, ctx):

@@ -5,7 +5,7 @@ docs/methods/satl.md#equations (its choices: docs/methods/satl.md D1-D8).
 
 SARL trunk (as ``ssgrl``) + per-class thresholds derived from the score distributions of each
 class's known positives and known negatives
-(:class:`~mlrpl.methods.components.distributions.ScoreDistributions`, the classifier
+(:class:`~mlrpl.methods.components.pseudo_labels.ScoreDistributions`, the classifier
 probability σ(s) as the score), updated after every step:
 
 * from epoch E0, unknown entries scoring at or above the class's positive threshold (estimated
@@ -28,15 +28,16 @@ import torch
 
 from mlrpl.errors import ConfigError
 from mlrpl.losses import partial_bce, ranking_loss, zero_loss
-from mlrpl.methods.components.distributions import SATLThresholdConfig, ScoreDistributions
-from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
-from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig, sarl_recipes
-from mlrpl.methods.registry import register_method
+from mlrpl.methods.base import Method, MethodConfig, register_method
+from mlrpl.methods.components.pseudo_labels import (PseudoLabelQuality, SATLThresholdConfig,
+                                                    ScoreDistributions)
+from mlrpl.models.sarl import SARLConfig, sarl_recipes, trunk_for
 
 
 @dataclass
-class SATLConfig(SARLMethodConfig):
+class SATLConfig(MethodConfig):
     name: str = "satl"
+    trunk: SARLConfig = field(default_factory=SARLConfig)
     start_epoch: int = 5              # E0: pseudo-labels from this epoch on (as SST/HST)
     negatives: bool = True            # also make negative pseudo-labels
     pseudo_weight: float = 1.0        # weight of bce(s, y ∪ pseudo)
@@ -49,13 +50,15 @@ class SATLConfig(SARLMethodConfig):
 
 
 @register_method("satl")
-class SATL(SARLMethod):
+class SATL(Method):
     Config = SATLConfig
     pl_sources = ("pos", "neg")
+    needs_embeddings = True
     recipes = sarl_recipes(hcp=["train.batch_size=32"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        self.trunk = trunk_for(cfg.trunk, ctx)
         if float(cfg.rank_temperature) <= 0:
             raise ConfigError(f"bad value for 'method.rank_temperature': {cfg.rank_temperature}; "
                               f"expected a positive number")

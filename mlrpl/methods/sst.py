@@ -22,9 +22,10 @@ import torch
 
 from mlrpl.losses import instance_contrastive, zero_loss
 from mlrpl.methods.components.memory_bank import MemoryBank
-from mlrpl.methods.components.sarl import sarl_recipes
-from mlrpl.methods.components.transfer import TransferConfig, TransferMethod
-from mlrpl.methods.registry import register_method
+from mlrpl.methods.base import Method, register_method
+from mlrpl.methods.components import transfer as shared
+from mlrpl.methods.components.transfer import TransferConfig
+from mlrpl.models.sarl import sarl_recipes
 
 
 @dataclass
@@ -49,14 +50,26 @@ def sst_threshold(epoch: int, start_epoch: int, start: float = 0.95, step: float
 
 
 @register_method("sst")
-class SST(TransferMethod):
+class SST(Method):
     Config = SSTConfig
+    needs_embeddings = True
+    pl_sources = shared.PL_SOURCES
+    # What it shares with hst (mlrpl.methods.components.transfer), taken by name:
+    forward = shared.transfer_forward         # the trunk, then self.transfer(out, target, epoch)
+    uses_satl = property(shared.uses_satl)
+    intra_observation = staticmethod(shared.intra_observation)
+    satl_positives = shared.satl_positives
+    is_active = shared.is_active
+    shared_terms = shared.shared_terms
+    pseudo_bce = shared.pseudo_bce
+    on_epoch_start = shared.transfer_on_epoch_start
     # every class pair in the co-occurrence loss, as released (the CPU recipe samples them:
     # docs/methods/sst.md D2)
     recipes = sarl_recipes(hcp=["method.cooc_pairs=all"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        shared.build_parts(self, cfg, ctx)
         self.bank = MemoryBank(ctx.num_classes, int(cfg.bank_size), self.trunk.dim)
 
     def threshold(self, epoch: int) -> float:
@@ -105,12 +118,12 @@ class SST(TransferMethod):
         return terms
 
     def update_state(self, outputs, batch):
-        super().update_state(outputs, batch)
+        shared.transfer_update_state(self, outputs, batch)
         self.bank.update(outputs["semantic"], batch["target"])
         self._last_epoch = int(batch.get("epoch", 0))
 
     def epoch_stats(self):
-        stats = super().epoch_stats()
+        stats = shared.transfer_epoch_stats(self)
         epoch = getattr(self, "_last_epoch", None)
         if epoch is not None and not self.uses_satl:
             stats["pl_threshold"] = self.threshold(epoch) if self.is_active(epoch) else float("nan")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlrpl.data.stats import cooccurrence_graph
+
 
 @dataclass
 class SARLConfig:
@@ -140,3 +142,32 @@ class SARLTrunk(nn.Module):
         """(B, C, h, w) attention maps, for visualisation."""
         b, c, _ = out["attention"].shape
         return out["attention"].reshape(b, c, *out["spatial"])
+
+
+# ---- building the trunk for a method -------------------------------------------------------------
+# Recipes of every SARL-trunk method (docs/decisions.md, "CPU presets of the SARL-trunk methods";
+# docs/methods/README.md#training-recipe, docs/methods/sarl.md#hyper-parameters): on cached CPU
+# features a CPU-sized trunk with Adam 1e-3 for 12 epochs; in the authors' recipe the
+# D = 1024 trunk on 2x2-pooled, reduced ResNet-101 maps.
+SARL_RECIPES = {
+    "cpu-cached": ["method.trunk.dim=256", "method.trunk.attention_dim=128", "optim.lr=0.001",
+                   "train.epochs=12"],
+    "hcp": ["method.trunk.pool=true", "method.trunk.dim=1024", "method.trunk.reduce=true",
+            "method.trunk.attention_dim=512", "method.trunk.ggnn_steps=3"],
+}
+
+
+def sarl_recipes(**extra: list[str]) -> dict[str, list[str]]:
+    """The SARL recipes with a method's own overrides added per regime."""
+    return {regime: SARL_RECIPES[regime] + list(extra.get(regime.replace("-", "_"), []))
+            for regime in SARL_RECIPES}
+
+
+def trunk_for(cfg: SARLConfig, ctx) -> "SARLTrunk":
+    """The trunk of a method built with context ``ctx`` (a :class:`mlrpl.methods.base.MethodContext`):
+    the label graph from the *partial* training labels (docs/methods/sarl.md#equations; a class
+    without a known positive: docs/methods/sarl.md D1), the word vectors from the label
+    embeddings."""
+    graph = None if ctx.partial_labels is None else cooccurrence_graph(ctx.partial_labels)
+    return SARLTrunk(cfg, ctx.feature_channels, ctx.num_classes, graph, ctx.embeddings,
+                     ctx.embedding_dim("trunk.words"))

@@ -2,7 +2,7 @@
 (docs/methods/satl.md#equations).
 
 Decayed histograms of σ(s) for each class's known positives and known negatives (updated after
-every step, :class:`~mlrpl.methods.components.distributions.ScoreDistributions`) give per-class
+every step, :class:`~mlrpl.methods.components.pseudo_labels.ScoreDistributions`) give per-class
 thresholds τ⁺ (estimated precision >= target) and τ⁻ (estimated NPV >= target). From
 ``start_epoch`` on, unknown entries scoring >= τ⁺ become pseudo-positives and those below τ⁻
 pseudo-negatives (``negatives: false``: positives only), and the term
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mlrpl.losses import partial_bce, zero_loss
-from mlrpl.methods.components.distributions import (SATLThresholdConfig, ScoreDistributions,
+from mlrpl.methods.components.pseudo_labels import (SATLThresholdConfig, ScoreDistributions,
                                                     check_threshold_config)
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
 from mlrpl.plugins.base import Plugin, PluginConfig

@@ -1,6 +1,6 @@
 """A name -> object registry filled by decorators, by the modules of a package and by entry points.
 
-Methods (:mod:`mlrpl.methods.registry`) and dataset readers (:mod:`mlrpl.data.readers.registry`)
+Methods (:mod:`mlrpl.methods.base`) and dataset readers (:mod:`mlrpl.data.readers.registry`)
 each keep one. The package's own modules are imported the first time the registry is asked (each
 registers itself with the decorator); other packages register through the entry-point group
 (``[project.entry-points."mlrpl.methods"] toy = "toy_pkg.toy"``: loading the module registers).

@@ -58,7 +58,7 @@ def threshold_table(model, ckpt, path="") -> dict:
                               "classes": d.table(classes, s, start=True)}
         sources[s] = entry
     from mlrpl.engine.evaluate import learned_thresholds
-    from mlrpl.methods.components.distributions import SATLThresholdConfig
+    from mlrpl.methods.components.pseudo_labels import SATLThresholdConfig
     out = {"method": model.method.name, "checkpoint": str(path), "epoch": int(ckpt.get("epoch", 0)),
            "config": {f.name: getattr(d.cfg, f.name) for f in fields(SATLThresholdConfig)}}
     thr = learned_thresholds(model.method)
@@ -83,7 +83,7 @@ def plot_score_distributions(model, ckpt, png, classes=None, source=None, title=
     """For each chosen class, the normalised histograms of its known positives (red) and known
     negatives (blue) with τ⁺ (red dashed), τ⁻ (blue dashed) and the decision threshold (black):
     top row at the start of pseudo-labelling (epoch E0), bottom row at the checkpoint's epoch."""
-    from mlrpl.methods.components.distributions import SOURCE_RANGES
+    from mlrpl.methods.components.pseudo_labels import SOURCE_RANGES
     from mlrpl.experiments.reports.plots import new_figure, save_figure
     d = model.method.distributions
     names = list(ckpt["classes"])

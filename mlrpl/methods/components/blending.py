@@ -34,16 +34,17 @@ global CPU generator inside ``forward``, which the trainer seeds per epoch and p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from mlrpl.utils import dist
-from mlrpl.losses import instance_contrastive, partial_bce, soft_partial_bce, zero_loss
-from mlrpl.methods.components.ist import warmup_ramp
+from mlrpl.losses import (instance_contrastive, partial_bce, soft_partial_bce, warmup_ramp,
+                          zero_loss)
 from mlrpl.methods.components.prototypes import recompute_due
-from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig, sarl_recipes
+from mlrpl.methods.base import MethodConfig
+from mlrpl.models.sarl import SARLConfig, trunk_for
 
 MODULES = ("instance", "prototype")
 
@@ -155,10 +156,11 @@ class BlendStats:
         return out
 
 
-# ---- the base method ----------------------------------------------------------------------------
+# ---- the config and the shared hooks ----------------------------------------------------------------------------
 @dataclass
-class BlendingConfig(SARLMethodConfig):
+class BlendingConfig(MethodConfig):
     """Keys shared by ``sarb`` and ``dsrb`` (under ``method:``)."""
+    trunk: SARLConfig = field(default_factory=SARLConfig)
     start_epoch: int = 5              # E0: blending (and the first prototypes) from this epoch on
     prototype_interval: int = 5       # prototypes recomputed at E0, E0 + interval, ... (0: at E0)
     contrast_weight: float = 0.05     # CSRL instance contrastive loss
@@ -170,101 +172,101 @@ class BlendingConfig(SARLMethodConfig):
     reference_quirks: bool = False    # the released prototype-blending behaviour (see the method)
 
 
-class BlendingMethod(SARLMethod):
-    """SARL trunk + CSRL + instance-level and prototype-level blending.
+# Functions of the method (``self``: a sarb or dsrb), taken by each as its own hook or
+# helper; the method owns ``trunk``, ``alpha``, ``beta``, ``blend_stats`` (:func:`build_parts`)
+# and ``prototypes``, and defines ``recompute_prototypes(ctx)`` and ``prototype_choice(out,
+# target)`` -> (chosen (B,), rows (B,) bool, prototype vectors (B, D)).
+def build_parts(self, cfg, ctx) -> None:
+    """The trunk, then α and β (learnable, in this order: the order the parameters are drawn
+    in) and the blending counters; the method adds its own ``prototypes``."""
+    self.trunk = trunk_for(cfg.trunk, ctx)
+    self.quirks = bool(cfg.reference_quirks)
+    self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
+    self.beta = nn.Parameter(torch.tensor(float(cfg.beta_init)))
+    self.blend_stats = BlendStats()
 
-    Subclasses own ``self.prototypes`` (buffers ``centres`` (C, K, D) and ``valid`` (C, K)) and
-    implement :meth:`recompute_prototypes` and :meth:`prototype_choice`."""
 
-    # α, β take no part before E0, or when a batch blends nothing.
-    ddp_find_unused_parameters = True
-    recipes = sarl_recipes(hcp=["train.batch_size=8"])
+# ---- prototypes --------------------------------------------------------------------------
+def blending_on_epoch_start(self, ctx):
+    """``on_epoch_start``: the method's prototypes recomputed at E0 and every interval."""
+    if recompute_due(ctx.epoch, int(self.prototypes.epoch), int(self.cfg.start_epoch),
+                     int(self.cfg.prototype_interval)):
+        self.recompute_prototypes(ctx)
 
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
-        self.quirks = bool(cfg.reference_quirks)
-        self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)))
-        self.beta = nn.Parameter(torch.tensor(float(cfg.beta_init)))
-        self.blend_stats = BlendStats()
 
-    # ---- prototypes --------------------------------------------------------------------------
-    def on_epoch_start(self, ctx):
-        if recompute_due(ctx.epoch, int(self.prototypes.epoch), int(self.cfg.start_epoch),
-                         int(self.cfg.prototype_interval)):
-            self.recompute_prototypes(ctx)
+# ---- forward -----------------------------------------------------------------------------
+def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+    return unit_interval(self.alpha), unit_interval(self.beta)
 
-    def recompute_prototypes(self, ctx) -> None:
-        raise NotImplementedError
 
-    def prototype_choice(self, out: dict, target: torch.Tensor):
-        """(chosen (B,), rows (B,) bool, prototype vectors (B, D)) for this batch."""
-        raise NotImplementedError
+def is_active(self, epoch: int) -> bool:
+    return epoch >= int(self.cfg.start_epoch)
 
-    # ---- forward -----------------------------------------------------------------------------
-    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return unit_interval(self.alpha), unit_interval(self.beta)
 
-    def is_active(self, epoch: int) -> bool:
-        return epoch >= int(self.cfg.start_epoch)
-
-    def forward(self, features, batch=None):
-        out = self.trunk(features)
-        if not self.training or batch is None or "target" not in batch:
-            return out
-        target = batch["target"]
-        out["contrast"] = instance_contrastive(out["semantic"], target)
-        if not self.is_active(int(batch.get("epoch", 0))):
-            return out
-        alpha, beta = self.coefficients()
-        semantic = out["semantic"]
-        blends = {"instance": instance_blend(semantic, target, alpha)}
-        chosen, rows, protos = self.prototype_choice(out, target)
-        blends["prototype"] = prototype_blend(semantic, target, chosen, rows, protos, beta)
-        self._blended_forward(out, blends, target)
+def blending_forward(self, features, batch=None):
+    """``forward``: the trunk, CSRL, and from E0 the instance and prototype blends, scored in
+    one pass (the method's ``prototype_choice`` picks the prototypes)."""
+    out = self.trunk(features)
+    if not self.training or batch is None or "target" not in batch:
         return out
+    target = batch["target"]
+    out["contrast"] = instance_contrastive(out["semantic"], target)
+    if not self.is_active(int(batch.get("epoch", 0))):
+        return out
+    alpha, beta = self.coefficients()
+    semantic = out["semantic"]
+    blends = {"instance": instance_blend(semantic, target, alpha)}
+    chosen, rows, protos = self.prototype_choice(out, target)
+    blends["prototype"] = prototype_blend(semantic, target, chosen, rows, protos, beta)
+    blended_forward(self, out, blends, target)
+    return out
 
-    def _blended_forward(self, out, blends: dict, target):
-        """Graph network + classifier on the blends, in one call over only the images a blend
-        changed: an image none of whose features were blended keeps its plain logits (the same
-        numbers, from the same graph), so its rows need no second pass. Exact: the graph
-        network and the classifier act on each image alone (no batch statistics)."""
-        rows = {m: sel.any(1).nonzero().flatten() for m, (_, sel, _) in blends.items()}
-        stacked = [blends[m][0][rows[m]] for m in blends]
-        new = (self.trunk.classify(torch.cat(stacked))[0].split([len(rows[m]) for m in blends])
-               if sum(len(r) for r in rows.values()) else [None] * len(blends))
-        for (module, (_, sel, soft)), logits in zip(blends.items(), new):
-            out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
-                                       if len(rows[module]) else out["logits"])
-            out[f"soft_{module}"] = soft
-            out[f"weight_{module}"] = blend_weight(target, sel, soft)
-            out[f"blend_{module}"] = sel
 
-    # ---- loss and state ----------------------------------------------------------------------
-    def loss(self, outputs, batch, epoch):
-        cfg = self.cfg
-        ramp = warmup_ramp(batch, epoch, cfg.warmup)
-        zero = zero_loss(outputs["logits"])
-        terms = {"bce": partial_bce(outputs["logits"], batch["target"]),
-                 "contrast": cfg.contrast_weight * ramp * outputs["contrast"]}
-        for module, weight in (("instance", cfg.instance_weight),
-                               ("prototype", cfg.prototype_weight)):
-            key = f"logits_{module}"
-            terms[f"blend_{module}"] = (weight * soft_partial_bce(
-                outputs[key], outputs[f"soft_{module}"], outputs[f"weight_{module}"])
-                if key in outputs else zero)
-        return terms
+def blended_forward(self, out, blends: dict, target):
+    """Graph network + classifier on the blends, in one call over only the images a blend
+    changed: an image none of whose features were blended keeps its plain logits (the same
+    numbers, from the same graph), so its rows need no second pass. Exact: the graph
+    network and the classifier act on each image alone (no batch statistics)."""
+    rows = {m: sel.any(1).nonzero().flatten() for m, (_, sel, _) in blends.items()}
+    stacked = [blends[m][0][rows[m]] for m in blends]
+    new = (self.trunk.classify(torch.cat(stacked))[0].split([len(rows[m]) for m in blends])
+           if sum(len(r) for r in rows.values()) else [None] * len(blends))
+    for (module, (_, sel, soft)), logits in zip(blends.items(), new):
+        out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
+                                   if len(rows[module]) else out["logits"])
+        out[f"soft_{module}"] = soft
+        out[f"weight_{module}"] = blend_weight(target, sel, soft)
+        out[f"blend_{module}"] = sel
 
-    @torch.no_grad()
-    def update_state(self, outputs, batch):
-        # The released code kept the parameters themselves in [0, 1] (an in-place clamp).
-        self.alpha.clamp_(0, 1)
-        self.beta.clamp_(0, 1)
-        self.blend_stats.update(outputs, batch, float(self.alpha), float(self.beta))
 
-    def epoch_stats(self):
-        device = next(self.parameters()).device
-        stats = self.blend_stats.compute(device)
-        self.blend_stats.reset()
-        stats["alpha"] = float(self.alpha.detach())
-        stats["beta"] = float(self.beta.detach())
-        return stats
+# ---- loss and state ----------------------------------------------------------------------
+def blending_loss(self, outputs, batch, epoch):
+    cfg = self.cfg
+    ramp = warmup_ramp(batch, epoch, cfg.warmup)
+    zero = zero_loss(outputs["logits"])
+    terms = {"bce": partial_bce(outputs["logits"], batch["target"]),
+             "contrast": cfg.contrast_weight * ramp * outputs["contrast"]}
+    for module, weight in (("instance", cfg.instance_weight),
+                           ("prototype", cfg.prototype_weight)):
+        key = f"logits_{module}"
+        terms[f"blend_{module}"] = (weight * soft_partial_bce(
+            outputs[key], outputs[f"soft_{module}"], outputs[f"weight_{module}"])
+            if key in outputs else zero)
+    return terms
+
+
+@torch.no_grad()
+def blending_update_state(self, outputs, batch):
+    # The released code kept the parameters themselves in [0, 1] (an in-place clamp).
+    self.alpha.clamp_(0, 1)
+    self.beta.clamp_(0, 1)
+    self.blend_stats.update(outputs, batch, float(self.alpha), float(self.beta))
+
+
+def blending_epoch_stats(self):
+    device = next(self.parameters()).device
+    stats = self.blend_stats.compute(device)
+    self.blend_stats.reset()
+    stats["alpha"] = float(self.alpha.detach())
+    stats["beta"] = float(self.beta.detach())
+    return stats

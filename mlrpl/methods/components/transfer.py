@@ -1,24 +1,49 @@
-"""The base of the semantic-transfer methods ``sst`` and ``hst`` (docs/methods/sst.md,
-docs/methods/hst.md): SARL trunk + IST head + instance contrastive loss + pseudo-label quality,
-and the loss terms they share."""
+"""What ``sst`` and ``hst`` share: the keys of their config, the intra-image semantic transfer
+(IST) head, and the functions a semantic-transfer method composes its hooks from.
+
+**IST** (docs/methods/sst.md#equations): an image-specific class co-occurrence probability P_ij
+for every class pair, its supervision (:func:`mlrpl.losses.cooccurrence_focal`) and the
+intra-image score q^intra (:func:`intra_scores`).
+
+Efficient IST (docs/methods/sst.md D1). The head scores a class pair (i, j), i < j, with
+``m_ij = <w_p, fc2(relu(fc1([g_i; g_j])))> + b_p`` (p = the pair's index, its own weight). The
+first layer splits into ``fc1([g_i; g_j]) = A g_i + B g_j + b``, so ``u = A g + b`` and
+``v = B g`` are computed once per class (B x C x H) and a pair's pre-activation is
+``u_i + v_j``: no (pairs x 2H) concatenation. The second layer is linear and followed by a
+linear read-out, so it folds into the pair weights (``W2^T w_p``, once per step, not per
+image). Pseudo-labelling needs P[c, j] only for the entries c it scores and the image's known
+positives j, i.e. sum_b |entries_b| x |K+_b| pairs instead of B x C(C-1)/2. The co-occurrence
+loss uses all pairs (``cooc_pairs: all``) or the known-positive pairs plus a uniform sample of
+the others (``cooc_pairs: sample``, docs/methods/sst.md D2). ``dense: true`` computes everything
+the literal way (all pairs, concatenated inputs): the reference the efficient path is tested
+against, and a benchmark baseline.
+
+**The shared hooks.** A semantic-transfer method owns ``trunk``, ``ist``, ``quality`` and
+``distributions`` (built by :func:`transfer_parts`, in that order) and takes, as its own hooks,
+the functions here that fit: :func:`transfer_forward` (the trunk, then the method's
+``transfer``), :func:`transfer_update_state`, :func:`transfer_epoch_stats`; its ``loss`` starts
+from :func:`shared_terms` and :func:`pseudo_bce`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mlrpl.errors import ConfigError
-from mlrpl.losses import partial_bce, zero_loss
-from mlrpl.methods.components.distributions import SATLThresholdConfig, ScoreDistributions
-from mlrpl.methods.components.ist import IntraImageTransfer, leave_one_out_intra, warmup_ramp
-from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
-from mlrpl.methods.components.sarl import SARLMethod, SARLMethodConfig
-
+from mlrpl.losses import cooccurrence_focal, partial_bce, warmup_ramp, zero_loss
+from mlrpl.methods.components.pseudo_labels import (PseudoLabelQuality, SATLThresholdConfig,
+                                                    ScoreDistributions)
+from mlrpl.methods.base import MethodConfig
+from mlrpl.models.sarl import ElementWiseClassifier, SARLConfig, trunk_for
 
 @dataclass
-class TransferConfig(SARLMethodConfig):
+class TransferConfig(MethodConfig):
     """Keys shared by ``sst`` and ``hst`` (under ``method:``)."""
+    trunk: SARLConfig = field(default_factory=SARLConfig)
     start_epoch: int = 5              # E0: pseudo-label losses from this epoch on
     intra_weight: float = 1.0         # weight of bce(s, y^intra)
     inter_weight: float = 1.0         # weight of bce(s, y^inter)
@@ -46,93 +71,328 @@ class TransferConfig(SARLMethodConfig):
     satl: SATLThresholdConfig = field(default_factory=SATLThresholdConfig)
 
 
-class TransferMethod(SARLMethod):
-    """SARL trunk + IST head + instance contrastive loss + pseudo-label quality tracking.
+# ---- the shared hooks ------------------------------------------------------------------------
+# Functions of the method (``self``: an sst or hst), taken by each as its own hook or helper.
+PL_SOURCES = ("intra", "inter")
 
-    Subclasses compute their pseudo-labels in ``forward`` (as boolean ``pl_<source>`` outputs)
-    and their losses in ``loss``. What ``update_state`` must add to the state travels in
-    ``outputs["observed"]``: ``{source: (scores, valid)}`` for the SATL distributions.
+
+def build_parts(self, cfg, ctx) -> None:
+    """The trunk, the IST head, the pseudo-label quality counters and (with
+    ``thresholds: satl``) the score distributions, in this order (the order the parameters are
+    drawn in)."""
+    self.trunk = trunk_for(cfg.trunk, ctx)
+    self.class_names = list(ctx.class_names)
+    self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim)
+    self.quality = PseudoLabelQuality(PL_SOURCES, self.class_names, cfg.pl_stats_per_class)
+    if cfg.thresholds not in ("own", "satl"):
+        raise ConfigError(f"bad value for 'method.thresholds': {cfg.thresholds!r}; expected "
+                          f"'own' or 'satl'")
+    # SATL thresholds in place of the method's own: positive pseudo-labels only, as the
+    # method's own thresholds make (the effect of the thresholds alone).
+    self.distributions = (ScoreDistributions(cfg.satl, PL_SOURCES, ctx.num_classes,
+                                             ctx.partial_labels)
+                          if cfg.thresholds == "satl" else None)
+
+
+def transfer_forward(self, features, batch=None):
+    """``forward``: the trunk, then (training, with labels) the method's own ``transfer``: its
+    pseudo-labelling and extra terms added to the trunk's outputs (pure)."""
+    out = self.trunk(features)
+    if not self.training or batch is None or "target" not in batch:
+        return out
+    return self.transfer(out, batch["target"], int(batch.get("epoch", 0)))
+
+
+def uses_satl(self) -> bool:
+    """Whether the method takes SATL's thresholds in place of its own (``thresholds: satl``)."""
+    return self.distributions is not None
+
+
+def transfer_on_epoch_start(self, ctx):
+    """``on_epoch_start``: the distributions' snapshot at E0 (SATL thresholds)."""
+    if self.uses_satl:
+        self.distributions.snapshot_at_start(ctx.epoch, self.cfg.start_epoch)
+
+
+def intra_observation(q_intra: torch.Tensor, target: torch.Tensor):
+    """The batch's intra-image scores of known entries for the SATL distributions, each known
+    positive scored as if it were unknown (leave-one-out: without its own P_cc = 1)."""
+    return leave_one_out_intra(q_intra.detach(), target)
+
+
+def satl_positives(self, observed: dict, source: str, scores: torch.Tensor,
+                   target: torch.Tensor):
+    """Positive pseudo-labels from the SATL thresholds that count this batch's scores."""
+    seen, valid = observed[source]
+    taus = self.distributions.preview(source, seen, target, valid)
+    return self.distributions.pseudo_labels(source, scores, target, taus)[0]
+
+
+def is_active(self, epoch: int) -> bool:
+    return epoch >= int(self.cfg.start_epoch)
+
+
+def shared_terms(self, outputs: dict, batch: dict, epoch: int) -> dict:
+    """Partial BCE on the known labels + the warmed-up co-occurrence and contrastive terms."""
+    ramp = warmup_ramp(batch, epoch, self.cfg.warmup)
+    return {"bce": partial_bce(outputs["logits"], batch["target"]),
+            "cooc": self.cfg.cooc_weight * ramp * outputs["cooc"],
+            "contrast": self.cfg.contrast_weight * ramp * outputs["contrast"]}
+
+
+def pseudo_bce(self, outputs: dict, batch: dict, source: str) -> torch.Tensor:
+    """bce(s, y^source): the known labels plus the source's positive pseudo-labels."""
+    key = f"pl_{source}"
+    if key not in outputs:
+        return zero_loss(outputs["logits"])
+    target = torch.where(outputs[key], torch.ones_like(batch["target"]), batch["target"])
+    return partial_bce(outputs["logits"], target)
+
+
+def transfer_update_state(self, outputs, batch):
+    """``update_state``: the distributions and the pseudo-label quality counters."""
+    target = batch["target"]
+    for source, (scores, valid) in outputs.get("observed", {}).items():
+        self.distributions.update(source, scores, target, valid)
+    for s in PL_SOURCES:
+        if f"pl_{s}" in outputs:
+            self.quality.update(s, outputs[f"pl_{s}"], target, batch.get("full"))
+
+
+def transfer_epoch_stats(self) -> dict[str, float]:
+    """``epoch_stats``: pseudo-label quality (and the distributions' thresholds)."""
+    device = next(self.parameters()).device
+    stats = self.quality.compute(device)
+    self.quality.reset()
+    if self.uses_satl:
+        stats.update(self.distributions.stats())
+    return stats
+
+
+# ---- the IST head ----------------------------------------------------------------------------
+def pair_index_matrix(num_classes: int) -> torch.Tensor:
+    """(C, C) long: the index of pair (i, j) in the i-major order of the i < j pairs
+    ((0,1), (0,2), ..., (1,2), ...), symmetric; -1 on the diagonal."""
+    iu = torch.triu_indices(num_classes, num_classes, 1)
+    idx = torch.full((num_classes, num_classes), -1, dtype=torch.long)
+    ar = torch.arange(iu.shape[1])
+    idx[iu[0], iu[1]] = ar
+    idx[iu[1], iu[0]] = ar
+    return idx
+
+
+class CooccurrenceHead(nn.Module):
+    """The IST co-occurrence head (docs/methods/sst.md#equations): g_c = W_g F_c + b, pair MLP on
+    [g_i; g_j] (Linear 2H' -> H, ReLU, Linear H -> H), then a pair-specific inner product + bias.
+
+    Parameters are those of the literal formulation (``fc1`` acts on the concatenation), so that
+    :meth:`dense_logits` (literal) and :meth:`pair_logits` (factorised) are the same function.
     """
 
-    pl_sources = ("intra", "inter")
+    def __init__(self, num_classes: int, dim: int, proj_dim: Optional[int] = None,
+                 hidden_dim: Optional[int] = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.proj_dim = int(proj_dim or max(dim // 2, 1))
+        self.hidden_dim = int(hidden_dim or dim)
+        self.num_pairs = num_classes * (num_classes - 1) // 2
+        self.proj = nn.Linear(dim, self.proj_dim)
+        self.fc1 = nn.Linear(2 * self.proj_dim, self.hidden_dim)
+        self.fc2 = nn.Linear(self.hidden_dim, self.hidden_dim)
+        self.pairs = ElementWiseClassifier(self.num_pairs, self.hidden_dim)
+        iu = torch.triu_indices(num_classes, num_classes, 1)
+        # Derived from C alone: not saved with the model.
+        self.register_buffer("pair_i", iu[0], persistent=False)
+        self.register_buffer("pair_j", iu[1], persistent=False)
+        self.register_buffer("pair_lookup", pair_index_matrix(num_classes), persistent=False)
 
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
-        self.class_names = list(ctx.class_names)
-        self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim)
-        self.quality = PseudoLabelQuality(self.pl_sources, self.class_names,
-                                          cfg.pl_stats_per_class)
-        if cfg.thresholds not in ("own", "satl"):
-            raise ConfigError(f"bad value for 'method.thresholds': {cfg.thresholds!r}; expected "
-                              f"'own' or 'satl'")
-        # SATL thresholds in place of the method's own: positive pseudo-labels only, as the
-        # method's own thresholds make (the effect of the thresholds alone).
-        self.distributions = (ScoreDistributions(cfg.satl, self.pl_sources, ctx.num_classes,
-                                                 ctx.partial_labels)
-                              if cfg.thresholds == "satl" else None)
+    # -- factorised ---------------------------------------------------------------------------
+    def project(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, D) -> u = A g + b, v = B g, each (B, C, H), where fc1 = [A | B]."""
+        g = self.proj(semantic)
+        h = self.proj_dim
+        u = F.linear(g, self.fc1.weight[:, :h], self.fc1.bias)
+        v = F.linear(g, self.fc1.weight[:, h:])
+        return u, v
 
-    def forward(self, features, batch=None):
-        out = self.trunk(features)
-        if not self.training or batch is None or "target" not in batch:
-            return out
-        return self.transfer(out, batch["target"], int(batch.get("epoch", 0)))
+    def folded(self, p: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair weights folded through fc2: <w_p, W2 r + b2> + c_p = <W2^T w_p, r> +
+        (<w_p, b2> + c_p). Returns (weights (P, H), biases (P,)) for the pairs ``p`` (all: None)."""
+        w = self.pairs.weight if p is None else self.pairs.weight[p]
+        c = self.pairs.bias if p is None else self.pairs.bias[p]
+        return w @ self.fc2.weight, w @ self.fc2.bias + c
 
-    def transfer(self, out: dict, target: torch.Tensor, epoch: int) -> dict:
-        """The training step's pseudo-labelling and extra terms, added to the trunk's outputs
-        ``out`` (pure, as ``forward``); ``target`` (B, C) partial labels."""
-        raise NotImplementedError
+    def pair_logits(self, u, v, b, i, j) -> torch.Tensor:
+        """Logits m_ij of image b for the listed pairs (i < j), all (N,) long -> (N,)."""
+        r = torch.relu(u[b, i] + v[b, j])
+        p = self.pair_lookup[i, j]
+        if p.shape[0] >= self.num_pairs:   # fold once for every pair, then look up
+            w, c = self.folded()
+            w, c = w[p], c[p]
+        else:
+            w, c = self.folded(p)
+        return (r * w).sum(-1) + c
 
-    @property
-    def uses_satl(self) -> bool:
-        return self.distributions is not None
+    def all_pair_logits(self, u, v) -> torch.Tensor:
+        """Every pair of every image, (B, C(C-1)/2), from the factorised projections. With fc2
+        folded into the pair weights, a pair costs one add, a ReLU and a dot product of size H
+        (no B x pairs x H second-layer activation)."""
+        w, c = self.folded()
+        r = torch.relu(u[:, self.pair_i] + v[:, self.pair_j])             # (B, P, H)
+        return torch.einsum("bph,ph->bp", r, w) + c
 
-    def on_epoch_start(self, ctx):
-        if self.uses_satl:
-            self.distributions.snapshot_at_start(ctx.epoch, self.cfg.start_epoch)
+    # -- literal reference ---------------------------------------------------------------------
+    def dense_logits(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, C, D) -> (B, C(C-1)/2): concatenate [g_i; g_j] for every pair, as released."""
+        g = self.proj(semantic)
+        x = torch.cat([g[:, self.pair_i], g[:, self.pair_j]], dim=-1)
+        return self.pairs(self.fc2(torch.relu(self.fc1(x))))
+
+    def matrix(self, pair_logits: torch.Tensor) -> torch.Tensor:
+        """(B, pairs) logits -> (B, C, C) probabilities, symmetric, unit diagonal."""
+        b = pair_logits.shape[0]
+        c = self.num_classes
+        prob = torch.sigmoid(pair_logits.float())
+        P = prob.new_zeros(b, c, c)
+        P = P.index_put((torch.arange(b, device=P.device)[:, None], self.pair_i[None], self.pair_j[None]),
+                        prob)
+        P = P + P.transpose(1, 2)
+        return P + torch.eye(c, device=P.device, dtype=P.dtype)
+
+
+def intra_scores(head: CooccurrenceHead, u, v, target: torch.Tensor,
+                 entries: torch.Tensor) -> torch.Tensor:
+    """q^intra_c = (1 / max(|K+|, 1)) sum_{j in K+} P_cj (P_cc = 1) for the entries asked for.
+
+    Parameters
+    ----------
+    u, v : (B, C, H) from :meth:`CooccurrenceHead.project`
+    target : (B, C) partial labels (+1 / -1 / 0)
+    entries : (B, C) bool, the entries to score; the others are 0 in the result
+
+    Only the pairs (c, j), c an asked entry and j a known positive, are evaluated.
+    """
+    pos = target > 0
+    bsz, c = target.shape
+    eye = torch.eye(c, dtype=torch.bool, device=target.device)
+    sel = entries[:, :, None] & pos[:, None, :] & ~eye
+    b, ci, cj = sel.nonzero(as_tuple=True)
+    lo, hi = torch.minimum(ci, cj), torch.maximum(ci, cj)
+    prob = torch.sigmoid(head.pair_logits(u, v, b, lo, hi).float())
+    # Scatter into a (B, C, C) grid (indices are unique: deterministic), then sum over j.
+    grid = u.new_zeros((bsz, c, c), dtype=torch.float32).index_put((b, ci, cj), prob)
+    total = grid.sum(-1) + (entries & pos).float()
+    return total / pos.sum(1, keepdim=True).clamp(min=1).float()
+
+
+def intra_scores_dense(P: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The same score from a full (B, C, C) co-occurrence matrix (reference)."""
+    pos = (target > 0).float()
+    return (P * pos[:, None, :]).sum(-1) / pos.sum(1, keepdim=True).clamp(min=1)
+
+
+class IntraImageTransfer(nn.Module):
+    """The IST head with its loss and scores: one call per training step."""
+
+    def __init__(self, cfg, num_classes: int, dim: int):
+        super().__init__()
+        if cfg.cooc_pairs not in ("all", "sample"):
+            raise ConfigError(f"bad value for 'method.cooc_pairs': {cfg.cooc_pairs!r}; expected "
+                              f"'all' or 'sample'")
+        if getattr(cfg, "cooc_unknown", "negative") not in ("negative", "ignore"):
+            raise ConfigError(f"bad value for 'method.cooc_unknown': {cfg.cooc_unknown!r}; "
+                              f"expected 'negative' or 'ignore'")
+        if cfg.cooc_pairs == "sample" and cfg.cooc_sample < 1:
+            raise ConfigError("bad value for 'method.cooc_sample': expected a positive integer")
+        self.head = CooccurrenceHead(num_classes, dim, cfg.ist_proj_dim, cfg.ist_hidden_dim)
+        self.dense = bool(cfg.dense)
+        self.mode = cfg.cooc_pairs
+        self.sample = int(cfg.cooc_sample)
+        # negative: a pair with an unknown label is a "never co-occur" target (as released);
+        # ignore: only pairs whose two labels are known are supervised
+        self.ignore_unknown = getattr(cfg, "cooc_unknown", "negative") == "ignore"
+        self.focal = dict(gamma_pos=cfg.cooc_gamma_pos, gamma_neg=cfg.cooc_gamma_neg,
+                          clip=cfg.cooc_clip)
+
+    def forward(self, semantic: torch.Tensor, target: torch.Tensor,
+                entries: Optional[torch.Tensor] = None, score_grad: bool = True):
+        """-> (co-occurrence loss (scalar, unweighted), q^intra (B, C) or None).
+
+        ``entries`` (B, C) bool: which q^intra entries are needed (None: no scores).
+        ``score_grad``: whether the scores keep their graph (HST's DTL) or not (SST).
+        """
+        head = self.head
+        pos = target > 0
+        t = pos[:, head.pair_i] & pos[:, head.pair_j]                      # (B, pairs)
+        keep = None
+        if self.ignore_unknown:
+            known = target != 0
+            keep = known[:, head.pair_i] & known[:, head.pair_j]
+        if self.dense:
+            logits = head.dense_logits(semantic)
+            loss = self._mean(cooccurrence_focal(logits, t, **self.focal), semantic, keep)
+            q = None
+            if entries is not None:
+                with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
+                    q = intra_scores_dense(head.matrix(logits), target) * entries
+            return loss, q
+        u, v = head.project(semantic)
+        if self.mode == "sample" and self.sample < head.num_pairs:
+            loss = self._sampled_loss(u, v, t, keep)
+        else:
+            loss = self._mean(cooccurrence_focal(head.all_pair_logits(u, v), t, **self.focal),
+                              semantic, keep)
+        q = None
+        if entries is not None:
+            with torch.set_grad_enabled(score_grad and torch.is_grad_enabled()):
+                q = intra_scores(head, u, v, target, entries)
+        return loss, q
 
     @staticmethod
-    def intra_observation(q_intra: torch.Tensor, target: torch.Tensor):
-        """The batch's intra-image scores of known entries for the SATL distributions, each known
-        positive scored as if it were unknown (leave-one-out: without its own P_cc = 1)."""
-        return leave_one_out_intra(q_intra.detach(), target)
+    def _mean(terms, like, keep=None):
+        if keep is not None:   # the mean over the supervised pairs (0 with a graph when none)
+            w = keep.to(terms.dtype)
+            return (terms * w).sum() / w.sum().clamp(min=1) + like.sum() * 0.0
+        return terms.mean() if terms.numel() else like.sum() * 0.0
 
-    def satl_positives(self, observed: dict, source: str, scores: torch.Tensor,
-                       target: torch.Tensor):
-        """Positive pseudo-labels from the SATL thresholds that count this batch's scores."""
-        seen, valid = observed[source]
-        taus = self.distributions.preview(source, seen, target, valid)
-        return self.distributions.pseudo_labels(source, scores, target, taus)[0]
+    def _sampled_loss(self, u, v, t, keep=None):
+        """Unbiased estimate of the all-pairs mean: every known-positive pair (t = 1) counts
+        once; per image, m_b of its n_b other pairs are drawn uniformly without replacement and
+        weighted n_b / m_b (Horvitz-Thompson), and the sum is divided by B x pairs as the
+        all-pairs mean is. With ``keep`` (pairs whose labels are both known), the other pairs
+        are drawn among the kept ones only and the sum is divided by the number kept."""
+        head = self.head
+        bsz, npairs = t.shape
+        # Uniform sample without replacement of the t = 0 pairs: the smallest random keys, with
+        # the t = 1 pairs pushed beyond every draw.
+        keys = torch.rand(bsz, npairs, device=t.device)
+        keys = keys.masked_fill(t if keep is None else t | ~keep, 2.0)
+        m = min(self.sample, npairs)
+        picked_key, picked = keys.topk(m, dim=1, largest=False)
+        valid = picked_key < 1.5                                             # (B, m)
+        n_neg = (~t).sum(1) if keep is None else (~t & keep).sum(1)
+        m_b = valid.sum(1).clamp(min=1)
+        w_neg = (n_neg.float() / m_b.float())[:, None].expand(bsz, m)
+        bn, slot = valid.nonzero(as_tuple=True)
+        pn = picked[bn, slot]
+        bp, pp = t.nonzero(as_tuple=True)
+        b = torch.cat([bp, bn])
+        p = torch.cat([pp, pn])
+        w = torch.cat([torch.ones(bp.shape[0], device=t.device), w_neg[bn, slot]])
+        logits = head.pair_logits(u, v, b, head.pair_i[p], head.pair_j[p])
+        terms = cooccurrence_focal(logits, t[b, p], **self.focal)
+        denom = float(bsz * npairs) if keep is None else keep.sum().clamp(min=1).float()
+        return (terms * w).sum() / denom + u.sum() * 0.0
 
-    def is_active(self, epoch: int) -> bool:
-        return epoch >= int(self.cfg.start_epoch)
 
-    def shared_terms(self, outputs: dict, batch: dict, epoch: int) -> dict:
-        """Partial BCE on the known labels + the warmed-up co-occurrence and contrastive terms."""
-        ramp = warmup_ramp(batch, epoch, self.cfg.warmup)
-        return {"bce": partial_bce(outputs["logits"], batch["target"]),
-                "cooc": self.cfg.cooc_weight * ramp * outputs["cooc"],
-                "contrast": self.cfg.contrast_weight * ramp * outputs["contrast"]}
-
-    def pseudo_bce(self, outputs: dict, batch: dict, source: str) -> torch.Tensor:
-        """bce(s, y^source): the known labels plus the source's positive pseudo-labels."""
-        key = f"pl_{source}"
-        if key not in outputs:
-            return zero_loss(outputs["logits"])
-        target = torch.where(outputs[key], torch.ones_like(batch["target"]), batch["target"])
-        return partial_bce(outputs["logits"], target)
-
-    def update_state(self, outputs, batch):
-        target = batch["target"]
-        for source, (scores, valid) in outputs.get("observed", {}).items():
-            self.distributions.update(source, scores, target, valid)
-        for s in self.pl_sources:
-            if f"pl_{s}" in outputs:
-                self.quality.update(s, outputs[f"pl_{s}"], target, batch.get("full"))
-
-    def epoch_stats(self) -> dict[str, float]:
-        device = next(self.parameters()).device
-        stats = self.quality.compute(device)
-        self.quality.reset()
-        if self.uses_satl:
-            stats.update(self.distributions.stats())
-        return stats
+def leave_one_out_intra(q: torch.Tensor, target: torch.Tensor):
+    """q^intra of every entry (B, C), as :func:`intra_scores` gives it for ``entries`` = all ->
+    (scores, valid): a known positive's score without its own term, (sum_{j in K+, j != c} P_cj)
+    / (|K+| - 1), defined when the image has another known positive; any other entry's score
+    as it is, defined when the image has a known positive."""
+    pos = target > 0
+    npos = pos.sum(1, keepdim=True).float()
+    total = q.float() * npos.clamp(min=1)
+    loo = torch.where(pos, (total - 1) / (npos - 1).clamp(min=1), q.float())
+    valid = torch.where(pos, npos >= 2, npos >= 1)
+    return loo, valid
