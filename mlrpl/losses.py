@@ -110,6 +110,13 @@ def asymmetric_loss_elements(logits: torch.Tensor, t: torch.Tensor, gamma_pos: f
         p_m, q_m = (p - clip).clamp(min=0) if clip and clip > 0 else p, None   # q_m: 1 - p_m
     elif clip_form == "complement":
         q_m = (1 - p + clip).clamp(max=1) if clip and clip > 0 else 1 - p
+        if focal == "parts" and not detach_focal:
+            # The released intraAsymmetricLoss's own order of operations: the same values, but
+            # the gradients reach p in another order, whose round-off the recorded SST/HST
+            # numbers were made with.
+            loss_pos = -(1 - p).pow(gamma_pos) * torch.log(p.clamp(min=eps))
+            loss_neg = -(1 - q_m).pow(gamma_neg) * torch.log(q_m.clamp(min=eps))
+            return t * loss_pos + (1 - t) * loss_neg
         p_m = 1 - q_m
     else:
         raise ValueError(f"unknown clip form {clip_form!r}; expected 'prob' or 'complement'")
