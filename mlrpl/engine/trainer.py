@@ -417,9 +417,6 @@ class Trainer:
         if patience is not None and epoch - self.best["epoch"] >= patience \
                 and self.epoch < cfg.train.epochs:
             self.stopped_early = True
-            log.info(f"early stop after epoch {self.epoch}: no better epoch in the last "
-                     f"{patience} (train.early_stop={patience}); best epoch "
-                     f"{self.best['epoch'] + 1}, chosen on {self.selection_note().split(':')[0]}")
         if dist.is_main():
             rundir.write_summary(self.run_dir, self.history)
             ckpt = self._checkpoint(metrics)
@@ -444,6 +441,10 @@ class Trainer:
                  + (f" (held-out train {metrics['select_mAP']:.2f})" if "select_mAP" in metrics
                     else "") + f"  CF1 {metrics['CF1']:.2f}  OF1 {metrics['OF1']:.2f}  "
                  f"({t1 - t0:.1f}s train, {t2 - t1:.1f}s eval)")
+        if self.stopped_early:
+            log.info(f"early stop after epoch {self.epoch}: no better epoch in the last "
+                     f"{patience} (train.early_stop={patience}); best epoch "
+                     f"{self.best['epoch'] + 1}, chosen on {self.selection_note().split(':')[0]}")
         dist.barrier()
 
     def train_one_epoch(self, epoch: int) -> dict:
