@@ -75,6 +75,11 @@ def _read_from_args(args):
     return read_dataset(args.dataset, args.root, args.split, **opts)
 
 
+def _warn(message: str) -> None:
+    """A warning line on stderr (what a verb noticed and did not stop for)."""
+    print(f"mlrpl: warning: {message}", file=sys.stderr)
+
+
 def _print_json(obj):
     print(json.dumps(obj, indent=2, default=float))
 
@@ -480,8 +485,6 @@ def cmd_predict(args) -> int:
     from mlrpl.utils.files import atomic_write, disk_errors
     from mlrpl.deploy.predict import Predictor, decide, expand_inputs, skipped_summary
 
-    def warn(message):
-        print(f"mlrpl: warning: {message}", file=sys.stderr)
     out = Path(args.out) if args.out else None
     if out is not None:
         if out.suffix not in (".csv", ".jsonl"):
@@ -495,7 +498,7 @@ def cmd_predict(args) -> int:
     skipped: list = []
     paths = expand_inputs(args.images, skipped=skipped)  # a missing path stops here
     pred = Predictor.from_checkpoint(args.checkpoint, "cpu", args.thresholds,
-                                     args.backbone_weights, warn=warn)
+                                     args.backbone_weights, warn=_warn)
     note = skipped_summary(skipped)
     if note:
         print(f"mlrpl: note: {note}", file=sys.stderr)
@@ -511,7 +514,7 @@ def cmd_predict(args) -> int:
                                            show_progress=show, on_error="skip")
     advice = pred.threshold_advice(probs)
     if advice:
-        warn(advice)
+        _warn(advice)
     classes, thr = pred.classes, pred.thresholds
     rows = []
     for i, p in enumerate(paths):
@@ -540,8 +543,8 @@ def cmd_predict(args) -> int:
         n = sum(len(pred.save_attention(path, labels or [classes[int(np.argmax(pr))]],
                                         args.save_attention)) for path, labels, pr in rows)
         print(f"wrote {n} attention overlays to {args.save_attention}", file=sys.stderr)
-    for i, msg in sorted(errors.items()):
-        print(f"mlrpl: warning: {msg}", file=sys.stderr)
+    for _, msg in sorted(errors.items()):
+        _warn(msg)
     print(f"predicted {len(rows)} of {len(paths)} images with {pred.thresholds_source} "
           f"thresholds" + (f" -> {out}" if out else "")
           + (f"; {len(errors)} unreadable (listed above)" if errors else ""), file=sys.stderr)
@@ -578,11 +581,9 @@ def cmd_tune_thresholds(args) -> int:
 
 def cmd_export(args) -> int:
     from mlrpl.deploy.export import export_model
-    def warn(message):
-        print(f"mlrpl: warning: {message}", file=sys.stderr)
     rep = export_model(args.checkpoint, args.out, args.format, thresholds=args.thresholds,
                        images=args.images, tolerance=args.tolerance, force=args.force,
-                       opset=args.opset, backbone_weights=args.backbone_weights, warn=warn)
+                       opset=args.opset, backbone_weights=args.backbone_weights, warn=_warn)
     print(f"wrote {rep['out']}: {', '.join(rep['files'])} ({rep['seconds']:.1f}s; thresholds "
           f"{rep['thresholds']})")
     return 0
@@ -593,7 +594,7 @@ def cmd_model_bundle(args) -> int:
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + ".bundle.pt")
     path = write_bundle(ckpt, out, force=args.force, backbone_weights=args.backbone_weights,
-                        warn=lambda msg: print(f"mlrpl: warning: {msg}", file=sys.stderr))
+                        warn=_warn)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): opens offline, without the "
           f"original weight file")
     return 0

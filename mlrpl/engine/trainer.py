@@ -28,7 +28,7 @@ from mlrpl.config import PATH_KEYS, resolved, to_yaml
 from mlrpl.engine import rundir
 from mlrpl.engine.checkpoint import (FORMAT, load_checkpoint, load_model_state, rng_state,
                                      set_rng_state)
-from mlrpl.engine.evaluate import predict_logits, score
+from mlrpl.engine.evaluate import left_out_of_map, map_scope, predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
                                      build_model, check_evaluable, load_splits, make_dataset,
                                      make_partial, seeded_split, skipped_items)
@@ -202,10 +202,6 @@ class Trainer:
         if resume and dist.is_main():
             self._sync_run_files()
             self._record_resume()
-        if dist.is_main():
-            rundir.write_run_record(self.run_dir, labels={k: record.get(k) for k in (
-                "classes_without_known_label", "classes_without_known_positive",
-                "voc_difficult", "label_reading")})
         threads = torch.get_num_threads()
         log.info(f"mlrpl {__version__} | run {self.run_dir} | {self.world} process(es) on "
                  f"{self.device}, {threads} thread(s)"
@@ -214,7 +210,6 @@ class Trainer:
                  f"images x {train.num_classes} classes | {record['known_entries']} of "
                  f"{partial.size} train labels known (p={cfg.data.known_proportion}, "
                  f"{cfg.data.protocol})")
-        from mlrpl.engine.evaluate import left_out_of_map, map_scope
         self.map_classes = len(self.exp.val.classes) - len(left_out_of_map(
             self.exp.val.labels, self.exp.val.classes))
         scope = map_scope(self.exp.val.labels, self.exp.val.classes)
@@ -300,7 +295,11 @@ class Trainer:
         extra = {"word_vectors": embedding_source(origin) if origin else None,
                  "skipped_images": self.skipped, "plugins": self.plugins.names(),
                  # train.threads=null leaves torch's default: every core of the machine
-                 "threads": torch.get_num_threads(), "world_size": self.world}
+                 "threads": torch.get_num_threads(), "world_size": self.world,
+                 # how the training labels were read, and the classes nothing can be learnt of
+                 "labels": {k: self.exp.mask_record.get(k) for k in (
+                     "classes_without_known_label", "classes_without_known_positive",
+                     "voc_difficult", "label_reading")}}
         if origin:
             src = extra["word_vectors"]
             log.info("word vectors: " + (f"{src['path']} (sha256 {str(src['sha256'])[:12]})"
@@ -660,8 +659,7 @@ class Trainer:
                 "best_chosen_on": self.selection_note(),
                 "stopped_early": self.stopped_early,
                 # classes without a positive in the evaluation split are left out of mAP, CP, CR
-                "classes_left_out_of_mAP": [c for c, has in zip(val.classes,
-                                                                (val.labels == 1).any(0)) if not has],
+                "classes_left_out_of_mAP": left_out_of_map(val.labels, val.classes),
                 "skipped_images": getattr(self, "skipped", {"train": [], "eval": []}),
                 "word_vectors": getattr(self, "record", {}).get("word_vectors")}
 
