@@ -15,7 +15,7 @@ from mlrpl.methods.components.memory_bank import MemoryBank
 from mlrpl.methods.components.prototypes import kmeans_prototypes, kmeans_seed
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
 from mlrpl.methods.components.transfer import TransferConfig
-from mlrpl.methods.sst import sst_threshold
+from mlrpl.methods.components.transfer import sst_threshold
 
 
 def build(name, num_classes=4, feature_channels=6, **overrides):

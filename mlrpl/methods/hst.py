@@ -11,7 +11,9 @@ SST's trunk and IST head, with two changes:
 * **Differential threshold learning** (DTL): two learnable scalar thresholds θ_intra, θ_inter;
   ŝ = clip(q − θ, 0, 1); an unknown entry is pseudo-positive where ŝ > 0 (q > θ); ŝ is also
   scored as a logit against the known labels (partial BCE), which moves θ (and the head or the
-  features). Thresholds start at 0.95 and are not weight-decayed (docs/methods/hst.md D2).
+  features). Thresholds start at 0.95 and are not weight-decayed (docs/methods/hst.md D2): the
+  rule :class:`~mlrpl.methods.components.transfer.LearnedThresholds` (SATL's in its place with
+  ``thresholds: satl``; θ are kept, unused).
 
 ``reference_quirks: true`` gives the released behaviour: thresholds start at 1.0 and are decayed
 by the optimiser's L2 term; the prototype loss is the released mean over all entries of
@@ -27,9 +29,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import nn
 
-from mlrpl.losses import instance_contrastive, partial_bce, zero_loss
+from mlrpl.losses import instance_contrastive, zero_loss
 from mlrpl.methods.components.prototypes import Prototypes, recompute_due
 from mlrpl.methods.base import Method, register_method
 from mlrpl.methods.components import transfer as shared
@@ -58,36 +59,29 @@ class HST(Method):
     pl_sources = shared.PL_SOURCES
     # What it shares with sst (mlrpl.methods.components.transfer), taken by name:
     forward = shared.transfer_forward         # the trunk, then self.transfer(out, target, epoch)
-    uses_satl = property(shared.uses_satl)
-    intra_observation = staticmethod(shared.intra_observation)
-    satl_positives = shared.satl_positives
     is_active = shared.is_active
     shared_terms = shared.shared_terms
     pseudo_bce = shared.pseudo_bce
     update_state = shared.transfer_update_state
+    epoch_stats = shared.transfer_epoch_stats
     # θ takes no part before E0 (and θ_inter none while no class has a prototype).
     ddp_find_unused_parameters = True
     recipes = sarl_recipes(hcp=["method.cooc_pairs=all", "train.batch_size=32"])
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        shared.build_parts(self, cfg, ctx)
-        c, k, d = ctx.num_classes, int(cfg.num_prototypes), self.trunk.dim
         self.quirks = bool(cfg.reference_quirks)
-        init = cfg.threshold_init if cfg.threshold_init is not None else (1.0 if self.quirks else 0.95)
-        self.threshold_intra = nn.Parameter(torch.tensor(float(init)))
-        self.threshold_inter = nn.Parameter(torch.tensor(float(init)))
+        # θ_intra, θ_inter (registered here as threshold_intra, threshold_inter) whichever rule
+        # labels: they stay in checkpoints and in the optimiser's groups.
+        self.dtl = shared.LearnedThresholds(self, cfg.threshold_init, self.quirks)
+        shared.build_parts(self, cfg, ctx, self.dtl)
+        c, k, d = ctx.num_classes, int(cfg.num_prototypes), self.trunk.dim
         self.prototypes = Prototypes(c, k, d)
 
     # ---- optimiser ---------------------------------------------------------------------------
     def param_groups(self):
-        thresholds = [self.threshold_intra, self.threshold_inter]
-        ids = {id(p) for p in thresholds}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        if self.quirks:  # released: one Adam group, thresholds L2-decayed like every weight
-            return [{"params": rest + thresholds}]
-        return [{"params": rest},
-                {"params": thresholds, "weight_decay": 0.0, "name": "thresholds"}]
+        # θ without weight decay (reference_quirks: one Adam group, θ L2-decayed like every weight)
+        return self.dtl.param_groups(self.parameters())
 
     # ---- prototypes --------------------------------------------------------------------------
     def on_epoch_start(self, ctx):
@@ -101,43 +95,23 @@ class HST(Method):
 
     # ---- training step -----------------------------------------------------------------------
     def transfer(self, out: dict, target, epoch: int) -> dict:
-        active = self.is_active(epoch)
+        rule, active = self.rule, self.is_active(epoch)
         semantic = out["semantic"]
-        unknown = target == 0
-        # DTL scores every entry (known ones train θ), with the graph kept; SATL thresholds
-        # need every entry's score from the start (the distributions), without a graph.
-        satl = self.uses_satl
-        everything = torch.ones_like(unknown) if (active or satl) else None
-        out["cooc"], q_intra = self.ist(semantic, target, entries=everything,
-                                        score_grad=not satl)
+        out["cooc"], q_intra = self.ist(semantic, target, entries=rule.entries(target == 0, active),
+                                        score_grad=rule.grad)
         out["contrast"] = instance_contrastive(semantic, target)
+        rule.observe(out, "intra", q_intra, target)
+        if active:   # before g: the order the graph is built in (DTL's terms)
+            out["pl_intra"] = rule.positives(out, "intra", q_intra, target, epoch)
         has = self.prototypes.any                                  # (C,)
-        if satl:
-            # Prototypes exist from E0 on, so g (with its graph, for the prototype loss) is
-            # computed once, when pseudo-labelling is on.
-            g = self.prototypes.scores(semantic) if bool(has.any()) else None
-            obs = {"intra": self.intra_observation(q_intra, target)}
-            if g is not None:
-                obs["inter"] = (g.detach(), has[None].expand_as(target))
-            out["observed"] = obs
-            if not active:
-                return out
-            out["pl_intra"] = self.satl_positives(obs, "intra", q_intra, target)
-            if g is not None:
-                out["pl_inter"] = self.satl_positives(obs, "inter", g, target) & has
-                out["proto"] = self.prototype_loss(g, target, has)
+        if not bool(has.any()):   # no prototype yet (they are computed from E0 on)
             return out
-        if not active:
-            return out
-        s_intra = (q_intra - self.threshold_intra).clamp(0, 1)
-        out["dtl_intra"] = partial_bce(s_intra, target)
-        out["pl_intra"] = unknown & (s_intra.detach() > 0)
-        if bool(has.any()):
-            g = self.prototypes.scores(semantic)
-            s_inter = (g - self.threshold_inter).clamp(0, 1)
-            # Classes without a prototype have no score: they take no part in DTL or labelling.
-            out["dtl_inter"] = partial_bce(s_inter, target * has)
-            out["pl_inter"] = unknown & has & (s_inter.detach() > 0)
+        g = self.prototypes.scores(semantic)   # with its graph, for the prototype loss
+        # Classes without a prototype have no score: they take no part in labelling (or DTL).
+        valid = has[None].expand_as(target)
+        rule.observe(out, "inter", g, target, valid)
+        if active:
+            out["pl_inter"] = rule.positives(out, "inter", g, target, epoch, valid)
             out["proto"] = self.prototype_loss(g, target, has)
         return out
 
@@ -161,11 +135,3 @@ class HST(Method):
         terms["dtl_inter"] = cfg.dtl_weight * outputs["dtl_inter"] if "dtl_inter" in outputs else zero
         terms["prototype"] = cfg.prototype_weight * outputs["proto"] if "proto" in outputs else zero
         return terms
-
-    def epoch_stats(self):
-        stats = shared.transfer_epoch_stats(self)
-        if self.uses_satl:  # the learnable thresholds take no part
-            return stats
-        stats["threshold_intra"] = float(self.threshold_intra.detach())
-        stats["threshold_inter"] = float(self.threshold_inter.detach())
-        return stats

@@ -1,5 +1,6 @@
 """What ``sst`` and ``hst`` share: the keys of their config, the intra-image semantic transfer
-(IST) head, and the functions a semantic-transfer method composes its hooks from.
+(IST) head, the threshold rules, and the functions a semantic-transfer method composes its
+hooks from.
 
 **IST** (docs/methods/sst.md#equations): an image-specific class co-occurrence probability P_ij
 for every class pair, its supervision (:func:`mlrpl.losses.cooccurrence_focal`) and the
@@ -18,16 +19,30 @@ the others (``cooc_pairs: sample``, docs/methods/sst.md D2). ``dense: true`` com
 the literal way (all pairs, concatenated inputs): the reference the efficient path is tested
 against, and a benchmark baseline.
 
-**The shared hooks.** A semantic-transfer method owns ``trunk``, ``ist``, ``quality`` and
-``distributions`` (built by :func:`transfer_parts`, in that order) and takes, as its own hooks,
-the functions here that fit: :func:`transfer_forward` (the trunk, then the method's
-``transfer``), :func:`transfer_update_state`, :func:`transfer_epoch_stats`; its ``loss`` starts
-from :func:`shared_terms` and :func:`pseudo_bce`.
+**The threshold rules** turn an entry's two scores, intra-image q^intra and cross-image
+(q^inter from SST's memory bank, g from HST's prototypes), into positive pseudo-labels. One
+interface (:class:`ThresholdRule`), called the same way whichever rule is configured:
+:class:`ScheduledThreshold` (SST's θ(epoch)), :class:`LearnedThresholds` (HST's DTL,
+docs/methods/hst.md D2) or :class:`DistributionThresholds` (SATL's, ``thresholds: satl``;
+docs/methods/sst.md D5, docs/methods/hst.md D6). In a step the method asks :meth:`entries
+<ThresholdRule.entries>` and :attr:`~ThresholdRule.grad` (which q^intra entries to score, with
+their graph or not), then per source :meth:`~ThresholdRule.observe` and, from E0 on,
+:meth:`~ThresholdRule.positives`; its hooks call :meth:`~ThresholdRule.update`,
+:meth:`~ThresholdRule.on_epoch_start` and :meth:`~ThresholdRule.stats`. A rule holds no tensor
+of its own: its state (HST's θ, SATL's distributions) is registered on the method, under the
+names checkpoints carry (``threshold_intra``, ``threshold_inter``, ``distributions.*``).
+
+**The shared hooks.** A semantic-transfer method owns ``trunk``, ``ist``, ``quality``,
+``distributions`` and its threshold ``rule`` (built by :func:`build_parts`, in that order) and
+takes, as its own hooks, the functions here that fit: :func:`transfer_forward` (the trunk, then
+the method's ``transfer``), :func:`transfer_update_state`, :func:`transfer_on_epoch_start`,
+:func:`transfer_epoch_stats`; its ``loss`` starts from :func:`shared_terms` and
+:func:`pseudo_bce`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +91,11 @@ class TransferConfig(MethodConfig):
 PL_SOURCES = ("intra", "inter")
 
 
-def build_parts(self, cfg, ctx) -> None:
+def build_parts(self, cfg, ctx, own_rule: ThresholdRule) -> None:
     """The trunk, the IST head, the pseudo-label quality counters and (with
     ``thresholds: satl``) the score distributions, in this order (the order the parameters are
-    drawn in)."""
+    drawn in); then ``self.rule``, the thresholds that make the pseudo-labels: ``own_rule`` (the
+    method's own) or, with ``thresholds: satl``, SATL's."""
     self.trunk = trunk_for(cfg.trunk, ctx)
     self.class_names = list(ctx.class_names)
     self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim)
@@ -89,9 +105,12 @@ def build_parts(self, cfg, ctx) -> None:
                           f"'own' or 'satl'")
     # SATL thresholds in place of the method's own: positive pseudo-labels only, as the
     # method's own thresholds make (the effect of the thresholds alone).
-    self.distributions = (ScoreDistributions(cfg.satl, PL_SOURCES, ctx.num_classes,
-                                             ctx.partial_labels)
-                          if cfg.thresholds == "satl" else None)
+    self.distributions = None
+    self.rule = own_rule
+    if cfg.thresholds == "satl":
+        self.distributions = ScoreDistributions(cfg.satl, PL_SOURCES, ctx.num_classes,
+                                                ctx.partial_labels)
+        self.rule = DistributionThresholds(self.distributions, cfg.start_epoch)
 
 
 def transfer_forward(self, features, batch=None):
@@ -103,29 +122,9 @@ def transfer_forward(self, features, batch=None):
     return self.transfer(out, batch["target"], int(batch.get("epoch", 0)))
 
 
-def uses_satl(self) -> bool:
-    """Whether the method takes SATL's thresholds in place of its own (``thresholds: satl``)."""
-    return self.distributions is not None
-
-
 def transfer_on_epoch_start(self, ctx):
-    """``on_epoch_start``: the distributions' snapshot at E0 (SATL thresholds)."""
-    if self.uses_satl:
-        self.distributions.snapshot_at_start(ctx.epoch, self.cfg.start_epoch)
-
-
-def intra_observation(q_intra: torch.Tensor, target: torch.Tensor):
-    """The batch's intra-image scores of known entries for the SATL distributions, each known
-    positive scored as if it were unknown (leave-one-out: without its own P_cc = 1)."""
-    return leave_one_out_intra(q_intra.detach(), target)
-
-
-def satl_positives(self, observed: dict, source: str, scores: torch.Tensor,
-                   target: torch.Tensor):
-    """Positive pseudo-labels from the SATL thresholds that count this batch's scores."""
-    seen, valid = observed[source]
-    taus = self.distributions.preview(source, seen, target, valid)
-    return self.distributions.pseudo_labels(source, scores, target, taus)[0]
+    """``on_epoch_start``: the threshold rule's (SATL's: the distributions' snapshot at E0)."""
+    self.rule.on_epoch_start(ctx)
 
 
 def is_active(self, epoch: int) -> bool:
@@ -150,23 +149,188 @@ def pseudo_bce(self, outputs: dict, batch: dict, source: str) -> torch.Tensor:
 
 
 def transfer_update_state(self, outputs, batch):
-    """``update_state``: the distributions and the pseudo-label quality counters."""
+    """``update_state``: the threshold rule's state and the pseudo-label quality counters."""
     target = batch["target"]
-    for source, (scores, valid) in outputs.get("observed", {}).items():
-        self.distributions.update(source, scores, target, valid)
+    self.rule.update(outputs, batch)
     for s in PL_SOURCES:
         if f"pl_{s}" in outputs:
             self.quality.update(s, outputs[f"pl_{s}"], target, batch.get("full"))
 
 
 def transfer_epoch_stats(self) -> dict[str, float]:
-    """``epoch_stats``: pseudo-label quality (and the distributions' thresholds)."""
+    """``epoch_stats``: pseudo-label quality, then the threshold rule's thresholds."""
     device = next(self.parameters()).device
     stats = self.quality.compute(device)
     self.quality.reset()
-    if self.uses_satl:
-        stats.update(self.distributions.stats())
+    stats.update(self.rule.stats())
     return stats
+
+
+# ---- the threshold rules ---------------------------------------------------------------------
+Scores = Union[torch.Tensor, Callable[[], torch.Tensor]]
+
+
+def sst_threshold(epoch: int, start_epoch: int, start: float = 0.95, step: float = 0.025,
+                  floor: float = 0.75) -> float:
+    """SST's pseudo-label threshold: ``start`` up to and at E0, lowered by ``step`` after every
+    epoch from E0 on, never below ``floor`` (E0 = 5: 0.95 at epoch 5, 0.925 at 6, ..., 0.75
+    from 13). A ``start`` below ``floor`` is kept as it is.
+
+    >>> [round(sst_threshold(e, 5), 3) for e in (0, 5, 6, 12, 13, 19)]
+    [0.95, 0.95, 0.925, 0.775, 0.75, 0.75]
+    """
+    return max(start - step * max(epoch - start_epoch, 0), min(floor, start))
+
+
+class ThresholdRule:
+    """The interface (and the defaults: a rule that observes nothing and keeps no state)."""
+
+    grad = False   # whether the scores keep their graph (the rule trains through them)
+
+    def entries(self, unknown: torch.Tensor, active: bool) -> Optional[torch.Tensor]:
+        """(B, C) bool: the q^intra entries to score this step (None: none). ``unknown`` marks
+        the unknown labels; ``active``: pseudo-labelling is on (epoch >= E0)."""
+        return unknown if active else None
+
+    def observe(self, out: dict, source: str, scores: Optional[Scores], target: torch.Tensor,
+                valid: Optional[torch.Tensor] = None) -> None:
+        """Record the batch's ``scores`` of ``source`` in ``out`` for :meth:`positives` and
+        :meth:`update`. ``scores`` may be a function that computes them (called only by a rule
+        that observes); ``valid`` (B, C) bool marks the entries that have a score."""
+
+    def positives(self, out: dict, source: str, scores: torch.Tensor, target: torch.Tensor,
+                  epoch: int, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, C) bool positive pseudo-labels of ``source``, on unknown entries of ``target``
+        (and, with ``valid``, on valid ones only); a rule with a loss adds it to ``out``."""
+        raise NotImplementedError
+
+    def update(self, outputs: dict, batch: dict) -> None:
+        """Change the rule's state from a step's outputs (the method's ``update_state``)."""
+
+    def on_epoch_start(self, ctx) -> None:
+        """Work before an epoch (the method's ``on_epoch_start``)."""
+
+    def stats(self) -> dict[str, float]:
+        """The thresholds for summary.csv (the method's ``epoch_stats``)."""
+        return {}
+
+
+class ScheduledThreshold(ThresholdRule):
+    """SST's threshold: θ(epoch) (:func:`sst_threshold`) for both sources; an unknown entry whose
+    score reaches it is positive. Only the unknown entries are scored, without a gradient."""
+
+    def __init__(self, cfg):
+        self.start_epoch = int(cfg.start_epoch)
+        self.start, self.step = cfg.threshold_start, cfg.threshold_step
+        self.floor = cfg.threshold_min
+        self.last_epoch: Optional[int] = None   # the epoch of the last step (for stats)
+
+    def threshold(self, epoch: int) -> float:
+        return sst_threshold(epoch, self.start_epoch, self.start, self.step, self.floor)
+
+    def positives(self, out, source, scores, target, epoch, valid=None):
+        positive = (target == 0) & (scores >= self.threshold(epoch))
+        return positive if valid is None else positive & valid
+
+    def update(self, outputs, batch):
+        self.last_epoch = int(batch.get("epoch", 0))
+
+    def stats(self):
+        epoch = self.last_epoch
+        if epoch is None:
+            return {}
+        active = epoch >= self.start_epoch
+        return {"pl_threshold": self.threshold(epoch) if active else float("nan")}
+
+
+class LearnedThresholds(ThresholdRule):
+    """HST's differential threshold learning: one learnable scalar θ per source,
+    ŝ = clip(q − θ, 0, 1); an unknown entry is positive where ŝ > 0, and ŝ is scored as a logit
+    against the known labels (partial BCE, the output ``dtl_<source>``), which moves θ. Every
+    entry is scored, with its graph.
+
+    θ_intra, θ_inter are registered on ``holder`` (the method) as ``threshold_intra``,
+    ``threshold_inter``. They start at ``init`` (None: 0.95) and form an optimiser group of their
+    own without weight decay; ``quirks`` (the released code): they start at 1.0 (when ``init`` is
+    None) and sit, last, in the method's one group, decayed like every weight."""
+
+    grad = True
+
+    def __init__(self, holder: nn.Module, init: Optional[float] = None, quirks: bool = False):
+        init = init if init is not None else (1.0 if quirks else 0.95)
+        holder.threshold_intra = nn.Parameter(torch.tensor(float(init)))
+        holder.threshold_inter = nn.Parameter(torch.tensor(float(init)))
+        self.holder = holder
+        self.one_group = bool(quirks)
+
+    def theta(self, source: str) -> nn.Parameter:
+        return getattr(self.holder, f"threshold_{source}")
+
+    def entries(self, unknown, active):
+        return torch.ones_like(unknown) if active else None   # the known ones train θ
+
+    def positives(self, out, source, scores, target, epoch, valid=None):
+        s = (scores - self.theta(source)).clamp(0, 1)
+        # Entries without a score (``valid`` false) take no part in the loss or the labelling.
+        out[f"dtl_{source}"] = partial_bce(s, target if valid is None else target * valid)
+        positive = (target == 0) & (s.detach() > 0)
+        return positive if valid is None else positive & valid
+
+    def param_groups(self, params) -> list[dict]:
+        """The optimiser's groups for ``params`` (the method's, θ among them)."""
+        thresholds = [self.theta("intra"), self.theta("inter")]
+        ids = {id(p) for p in thresholds}
+        rest = [p for p in params if p.requires_grad and id(p) not in ids]
+        if self.one_group:
+            return [{"params": rest + thresholds}]
+        return [{"params": rest},
+                {"params": thresholds, "weight_decay": 0.0, "name": "thresholds"}]
+
+    def stats(self):
+        return {f"threshold_{s}": float(self.theta(s).detach()) for s in ("intra", "inter")}
+
+
+class DistributionThresholds(ThresholdRule):
+    """SATL's thresholds: per class and source, τ⁺ from the decayed histograms of the scores of
+    known positives and negatives (``distributions``, registered on the method); an unknown entry
+    whose score reaches τ⁺ is positive (positive pseudo-labels only, as the methods' own rules
+    make). Every entry is scored from the first epoch on (the known ones feed the histograms),
+    without a graph; a known positive's intra-image score is observed leave-one-out
+    (:func:`leave_one_out_intra`). The positives of a batch count its own scores (the thresholds
+    :meth:`ScoreDistributions.preview` gives); ``update`` commits them."""
+
+    def __init__(self, distributions: ScoreDistributions, start_epoch: int):
+        self.distributions = distributions
+        self.start_epoch = int(start_epoch)
+
+    def entries(self, unknown, active):
+        return torch.ones_like(unknown)
+
+    def observe(self, out, source, scores, target, valid=None):
+        with torch.no_grad():
+            scores = scores() if callable(scores) else scores
+            if source == "intra":   # a known positive scored as if it were unknown
+                seen = leave_one_out_intra(scores.detach(), target)
+            else:
+                seen = (scores.detach(), valid)
+        out.setdefault("observed", {})[source] = seen
+
+    def positives(self, out, source, scores, target, epoch, valid=None):
+        seen, seen_valid = out["observed"][source]
+        taus = self.distributions.preview(source, seen, target, seen_valid)
+        positive = self.distributions.pseudo_labels(source, scores, target, taus)[0]
+        return positive if valid is None else positive & valid
+
+    def update(self, outputs, batch):
+        for source, (scores, valid) in outputs.get("observed", {}).items():
+            self.distributions.update(source, scores, batch["target"], valid)
+
+    def on_epoch_start(self, ctx):
+        """The distributions' snapshot when E0 begins."""
+        self.distributions.snapshot_at_start(ctx.epoch, self.start_epoch)
+
+    def stats(self):
+        return self.distributions.stats()
 
 
 # ---- the IST head ----------------------------------------------------------------------------
