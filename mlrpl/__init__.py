@@ -13,6 +13,9 @@ _EXPORTS = {"load": "mlrpl.api", "train": "mlrpl.api", "evaluate": "mlrpl.api",
             "Predictor": "mlrpl.api", "create_method": "mlrpl.methods.base",
             "list_methods": "mlrpl.methods.base", "list_plugins": "mlrpl.plugins.registry"}
 
+# annotation: which labels to ask next (mlrpl suggest), the answers back in (mlrpl data merge)
+_EXPORTS.update({"suggest": "mlrpl.api", "merge_labels": "mlrpl.api"})
+
 __all__ = ["__version__", *_EXPORTS]
 
 

@@ -140,3 +140,70 @@ def _yaml(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+# ---- annotation: which labels to ask next, and the answers back in ----------------------------
+__all__ += ["merge_labels", "suggest"]
+
+
+def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=None,
+            seed: int = 0, out=None, force: bool = False, thresholds="auto",
+            overrides=()) -> dict:
+    """The unknown entries of a run's training labels most worth annotating, best first, and
+    (with `out`) the ask file for an annotator (``image,label,value,rank,score,reason``, value
+    blank). ``mlrpl suggest`` on the command line.
+
+    Parameters
+    ----------
+    checkpoint : the run's ``last.pt`` or ``best.pt``; its config rebuilds the training split
+        and its partial labels (the label file as it is now, or the simulated protocol).
+    budget : how many entries to return (at least 1, at most the number of unknown entries).
+    strategy : ``"random"`` (seeded), ``"uncertainty"`` (probability closest to the class's
+        decision threshold), ``"class-balance"`` (classes with the fewest known positives first,
+        round-robin) or ``"expected-gain"`` (expected mAP gain of the answer).
+    per_image : None, K (at most K entries per image) or ``"all"`` (whole images).
+    thresholds : ``"auto"`` (the model's tuned or learned thresholds, else each class's operating
+        point on the known training labels), a number or a thresholds file.
+    overrides : data overrides, e.g. ``["data.root=labels.v2.csv"]``.
+
+    Returns
+    -------
+    dict with ``rows`` (dicts: ``rank``, ``image``, ``label``, ``score``, ``probability``,
+    ``reason``), ``unknown_entries``, ``images``, ``thresholds_source``, ``out``.
+
+    Example
+    -------
+    >>> ask = mlrpl.suggest(checkpoint, budget=4, strategy="expected-gain",
+    ...                     out=data / "ask.csv")
+    >>> [r["rank"] for r in ask["rows"]]
+    [1, 2, 3, 4]
+    >>> (data / "ask.csv").read_text().splitlines()[0]
+    'image,label,value,rank,score,reason'
+    """
+    from mlrpl.deploy.suggest import suggest as _suggest
+    return _suggest(checkpoint, budget, strategy=strategy, per_image=per_image, seed=seed,
+                    out=out, force=force, thresholds=thresholds, overrides=overrides)
+
+
+def merge_labels(labels, answers, out, force: bool = False, **reader_options) -> dict:
+    """Fill the unknown entries of a label CSV with annotators' answers (CSV files in any layout:
+    values 1, 0 / -1, blank = still unknown) and write it, in its own layout, to `out` (a new
+    file). ``mlrpl data merge`` on the command line. An answer that contradicts a known label, or
+    names an image or class the label file lacks, is an error naming file, line and field.
+
+    Returns the counts: ``filled`` (``filled_positive``, ``filled_negative``),
+    ``unknown_before``, ``unknown_after``, ``blank_answers``, ``agreed_with_known``.
+
+    Example
+    -------
+    >>> import csv
+    >>> rows = list(csv.reader(open(data / "train.csv")))
+    >>> header, row = rows[0], next(r for r in rows[1:] if "" in r)    # a row with a blank
+    >>> _ = (data / "answers.csv").write_text(
+    ...     f"image,label,value\\n{row[0]},{header[row.index('')]},1\\n")
+    >>> n = mlrpl.merge_labels(data / "train.csv", data / "answers.csv", data / "train.v2.csv")
+    >>> n["filled"], n["unknown_after"] == n["unknown_before"] - 1
+    (1, True)
+    """
+    from mlrpl.data.merge import merge_labels as _merge
+    return _merge(labels, answers, out, force=force, **reader_options)

@@ -447,7 +447,7 @@ def _add_sweep_parsers(sub) -> None:
     sw.add_argument("overrides", nargs="*", metavar="key=value",
                     help="experiment overrides for every run, e.g. train.epochs=5")
     sw.add_argument("--out", default=None, help="sweep directory (replaces the config's out)")
-    sw.add_argument("--methods", default=None, help="comma-separated methods (replaces 'methods')")
+    sw.add_argument("--methods", default=None, help="comma-separated methods or labels of the config's entries (replaces 'methods')")
     sw.add_argument("--proportions", default=None, help="comma-separated known proportions")
     sw.add_argument("--seeds", default=None, help="comma-separated seeds")
     sw.add_argument("--reference", action="store_true", default=None,
@@ -678,6 +678,124 @@ def _add_deploy_parsers(sub) -> None:
     mb.set_defaults(func=cmd_model_bundle)
 
 
+# ---- annotation: suggest what to label next, merge the answers back in ----------------------------
+def cmd_suggest(args) -> int:
+    from mlrpl.deploy.suggest import suggest
+    r = suggest(args.checkpoint, args.budget, strategy=args.strategy, per_image=args.per_image,
+                seed=args.seed, out=args.out, force=args.force, thresholds=args.thresholds,
+                overrides=args.overrides, backbone_weights=args.backbone_weights, warn=_warn)
+    if r["note"]:
+        print(f"mlrpl: note: {r['note']}", file=sys.stderr)
+    rows = r["rows"]
+    per = {None: "", "all": ", every unknown label of each image chosen"}.get(
+        r["per_image"], f", at most {r['per_image']} per image")
+    print(f"wrote {r['out']}: {len(rows)} entries of {r['asked_images']} images to annotate "
+          f"(strategy {r['strategy']}{per}), chosen among the {r['unknown_entries']} unknown "
+          f"entries of the {r['images']} training images")
+    if len(rows) < args.budget:
+        print(f"mlrpl: note: {args.budget - len(rows)} fewer than --budget {args.budget}: "
+              + ("whole images only (--per-image all), and the next one did not fit"
+                 if r["per_image"] == "all" else
+                 f"no more unknown entries under --per-image {r['per_image']}"), file=sys.stderr)
+    if r["strategy"] != "random":
+        print(f"decision thresholds: {r['thresholds_source']}")
+    labels = r["label_file"] if r["dataset"] == "csv" else "LABELS.csv"
+    import re
+    stem = str(Path(labels).with_suffix(""))
+    v = re.search(r"\.v(\d+)$", stem)        # labels.v2 -> labels.v3
+    merged = f"{stem[:v.start()]}.v{int(v.group(1)) + 1}.csv" if v else f"{stem}.v2.csv"
+    print(f"next: fill the value column of {r['out']} with 1 (present) or 0 (absent); a blank "
+          f"stays unknown. Then: mlrpl data merge {labels} {r['out']} --out {merged}")
+    if r["dataset"] != "csv":
+        print(f"(the run read {r['dataset']!r} labels, not a CSV: merge into a CSV of its "
+              f"training labels, e.g. written by mlrpl.data.merge.write_labels_csv)")
+    return 0
+
+
+def cmd_data_merge(args) -> int:
+    from mlrpl.data.merge import merge_labels
+    opts = {}
+    for key in ("encoding", "unknown", "positive", "negative", "absent"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    r = merge_labels(args.labels, args.answers, args.out, force=args.force, **opts)
+    files = f"{r['answers_files']} answers file{'s' if r['answers_files'] != 1 else ''}"
+    extra = []
+    if r["blank_answers"]:
+        extra.append(f"{r['blank_answers']} answers blank (still unknown)")
+    if r["agreed_with_known"]:
+        extra.append(f"{r['agreed_with_known']} agreeing with labels already known")
+    print(f"wrote {r['out']} ({r['layout']} layout, as {args.labels}): filled {r['filled']} "
+          f"unknown entries from {files} ({r['filled_positive']} positive, "
+          f"{r['filled_negative']} negative)" + (f"; {', '.join(extra)}" if extra else ""))
+    print(f"unknown entries: {r['unknown_before']} -> {r['unknown_after']} of {r['entries']}; "
+          f"train on it with data.root={r['out']}")
+    return 0
+
+
+def _add_data_merge_parser(dsub) -> None:
+    dm = dsub.add_parser(
+        "merge", help="fill a label CSV's unknown entries with answers (e.g. the ask file of "
+                      "mlrpl suggest, filled in)",
+        description="Fill the unknown entries of LABELS (a CSV in any layout: wide with blanks, "
+                    "long image,label,value, list image,labels[,unknown]) with the answers of "
+                    "ANSWERS (CSVs in any layout; values 1 = present, 0 or -1 = absent, blank = "
+                    "still unknown) and write the result in the layout of LABELS to --out. An "
+                    "answer that contradicts a known label is refused; the inputs are never "
+                    "overwritten.")
+    dm.add_argument("labels", metavar="LABELS", help="the label CSV (as training reads it)")
+    dm.add_argument("answers", nargs="+", metavar="ANSWERS", help="one or more answers CSVs")
+    dm.add_argument("--out", required=True, help="the merged label CSV (a new file)")
+    dm.add_argument("--force", action="store_true",
+                    help="replace an existing --out (moved aside to <out>.replaced-<time>)")
+    dm.add_argument("--encoding", choices=["hcp", "asl"], default=None,
+                    help="LABELS: read its cells in this integer encoding")
+    dm.add_argument("--unknown", action="append", default=None, metavar="TOKEN",
+                    help="LABELS: a cell token meaning unknown (repeatable; default blank)")
+    dm.add_argument("--positive", action="append", default=None, metavar="TOKEN",
+                    help="LABELS: a cell token meaning positive (repeatable; default 1)")
+    dm.add_argument("--negative", action="append", default=None, metavar="TOKEN",
+                    help="LABELS: a cell token meaning negative (repeatable; default 0 and -1)")
+    dm.add_argument("--absent", choices=["negative", "unknown"], default=None,
+                    help="LABELS in the list layout: what a class not listed is")
+    dm.set_defaults(func=cmd_data_merge)
+
+
+def _add_suggest_parser(sub) -> None:
+    from mlrpl.deploy.suggest import STRATEGIES
+    sg = sub.add_parser(
+        "suggest", help="which unknown training labels to annotate next (an ask file)",
+        description="Rank the unknown (image, class) entries of a run's training labels and "
+                    "write the best --budget of them to --out as image,label,value (value blank, "
+                    "for an annotator) with rank, score and reason. Fill the values in, then "
+                    "merge them into the labels with mlrpl data merge and train again.")
+    sg.add_argument("--checkpoint", required=True, help="the run's last.pt (or best.pt)")
+    sg.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="data overrides, e.g. data.root=labels.v2.csv (rank the unknowns of "
+                         "another version of the training labels)")
+    sg.add_argument("--budget", required=True, type=int, help="how many entries to ask")
+    sg.add_argument("--strategy", default="uncertainty", metavar="|".join(STRATEGIES),
+                    help="random | uncertainty (default: probability closest to the class's "
+                         "decision threshold) | class-balance (classes with the fewest known "
+                         "positives first, round-robin) | expected-gain (expected mAP gain)")
+    sg.add_argument("--per-image", default=None, metavar="K|all",
+                    help="at most K entries of one image, or 'all': every unknown label of the "
+                         "images chosen (whole images, ranked by their entries' summed scores)")
+    sg.add_argument("--seed", type=int, default=0, help="random: the draw's seed (default 0)")
+    sg.add_argument("--thresholds", default="auto",
+                    help="decision thresholds: auto (default: the model's tuned or learned ones, "
+                         "else each class's operating point on the known training labels) | a "
+                         "number | a thresholds file")
+    sg.add_argument("--out", required=True, help="the ask file (.csv)")
+    sg.add_argument("--force", action="store_true",
+                    help="replace an existing --out (moved aside to <out>.replaced-<time>)")
+    sg.add_argument("--backbone-weights", default=None,
+                    help="the frozen backbone's weight file, when the checkpoint only "
+                         "references it")
+    sg.set_defaults(func=cmd_suggest)
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def _train_help_lists() -> str:
     """The methods, plug-ins and preset configs, appended to ``mlrpl train --help`` (computed
@@ -741,6 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--out", required=True, help="output .npz (canonical) or .csv (dense)")
     dc.add_argument("--force", action="store_true")
     dc.set_defaults(func=cmd_data_convert)
+    _add_data_merge_parser(dsub)
 
     m = sub.add_parser("metrics", help="score saved predictions (logits or probabilities) "
                                        "against labels")
@@ -833,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep_parsers(sub)
     _add_deploy_parsers(sub)
+    _add_suggest_parser(sub)
     return p
 
 

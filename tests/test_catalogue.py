@@ -29,6 +29,8 @@ VERBS = {
     "tune-thresholds": ["tune-thresholds", "--checkpoint", "{F}", "--out", "{OUT}/thr.json"],
     "export": ["export", "--checkpoint", "{F}", "--out", "{OUT}/export"],
     "model bundle": ["model", "bundle", "--checkpoint", "{F}", "--out", "{OUT}/bundle.pt"],
+    "suggest": ["suggest", "--checkpoint", "{F}", "--budget", "3", "--out", "{OUT}/ask.csv"],
+    "data merge": ["data", "merge", "{F}", "{F}", "--out", "{OUT}/merged.csv"],
 }
 
 # inputs that are not bad for that verb: a (3, 2) array of scores in [0, 1] is a valid scores file

@@ -22,6 +22,8 @@ header (first line):
 * **long layout** -- header ``image,label,value`` (``label`` may be called ``class``): one row per
   annotated (image, class) pair, the value a positive or negative token as above (an explicit
   unknown token is allowed too). A pair that has no row is unknown: the OpenImages convention.
+  Columns ``rank``, ``score`` and ``reason`` after these three (the ask file of ``mlrpl suggest``)
+  are ignored.
 * **list layout** -- header ``image,labels`` or ``image,labels,unknown``. ``labels`` holds the
   ``;``-separated names of the positive classes, ``unknown`` (optional) the ``;``-separated names
   of the classes whose label is unknown; every other class is a negative, or with
@@ -67,6 +69,9 @@ _LIST_HEADERS = (["image", "labels"], ["image", "labels", "unknown"])
 DENSE_01_RULE = ("no blank cell and no -1: every label is known, 1 = positive, 0 = negative "
                  "(read as encoding 'asl'; blank cells would be unknown)")
 _LONG_HEADERS = (["image", "label", "value"], ["image", "class", "value"])
+# Columns a long-layout file may carry after image,label,value, ignored by the reader: the ask
+# file of `mlrpl suggest` (rank, score and reason of each entry), read back once filled in.
+LONG_EXTRA_COLUMNS = ("rank", "score", "reason")
 _ALL_VALUES = sorted({v for enc in ENCODINGS.values() for v in enc})
 ABSENT_CHOICES = ("negative", "unknown")
 
@@ -270,6 +275,15 @@ def read_csv(root, split: str | None = None, classes=None, encoding: str | None 
             splits = [split] * len(rows)
     elif split is not None and not by_split:
         raise single_file_split_error(path, split)
+
+    if lowered[:3] in _LONG_HEADERS and len(lowered) > 3 and \
+            set(lowered[3:]) <= set(LONG_EXTRA_COLUMNS):
+        # the ask file of `mlrpl suggest`: its rank, score and reason columns are not labels
+        header_text = ",".join(cols)
+        for ln, row in rows:
+            _check_width(path, ln, row, len(cols), header_text)
+        rows = [(ln, row[:3]) for ln, row in rows]
+        cols, lowered = cols[:3], lowered[:3]
 
     root_dir = str(Path(image_root) if image_root is not None else path.parent)
     meta: dict = {}
