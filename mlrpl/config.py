@@ -31,6 +31,9 @@ class DataConfig:
     holdout: float = 0.2             # used when val_split is null (and no val_root)
     split_seed: int = 0              # seed of that holdout split (fixed across experiment seeds)
     reader_options: dict = field(default_factory=dict)
+    # as_read | opaque: the classes renamed c00, c01, ... after reading (what a name-based class
+    # prior knows without the names; the labels are unchanged)
+    class_names: str = "as_read"
     known_proportion: float = 1.0    # p of the partial-label protocol
     protocol: str = "hcp"            # hcp | rps | fpc | single-positive | full
     fpc_n: Optional[int] = None
@@ -52,6 +55,10 @@ class PriorConfig:
     top_k: int = 10                  # ImageNet classes mixed into each class
     temperature: float = 0.1         # softmax temperature over their name similarities
     weight: float = 1.0              # scale of the prior's logit added to the method's logits
+    # known_labels: before training, each class's prior is scored on the training split's known
+    # labels and scaled by a trust in [0, 1] (0 where it does not beat chance; the class name's
+    # similarity where too few labels are known: mlrpl.models.prior_trust); none: full trust
+    trust: str = "known_labels"
 
 
 @dataclass
@@ -141,6 +148,8 @@ _CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "model.freeze": FREEZE_POLICIES,
     "model.prior.name": ("none", "imagenet"),
+    "model.prior.trust": ("known_labels", "none"),
+    "data.class_names": ("as_read", "opaque"),
     "optim.name": ("adam", "adamw", "sgd"),
     "sched.name": ("none", "step", "cosine", "onecycle"),
     "train.amp": (None, "bf16", "fp16"),

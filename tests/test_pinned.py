@@ -16,7 +16,9 @@ recorded. Tolerance: 1e-4 relative.
 Provenance: pbce, ssgrl, sst, hst, satl, sst_satl and hst_satl were computed with the code of commit
 63ca781, before the method anatomy was redesigned to one method, one place (docs/decisions.md,
 "The method anatomy"); sarb, dsrb, clsl, sr and pbce+<plug-in> were added with the code of commit
-909f11b, the HEAD when they were added, where all the older pins still matched. ``python tests/test_pinned.py --write`` computes the cases missing from the file and
+909f11b, the HEAD when they were added, where all the older pins still matched;
+pbce+cft_holdout was recomputed on 8dedb42 plus the change that made CFT select on the training
+images held out of training before the run (``train.select=train_holdout``), by design. ``python tests/test_pinned.py --write`` computes the cases missing from the file and
 leaves the others as they are (``--force NAME ...`` recomputes the named ones).
 
 The same uninterrupted runs serve :func:`test_resume_is_exact`: for every method and plug-in,
@@ -71,13 +73,18 @@ CASES = {
     "pbce+dist_pseudo": ["method.name=pbce", "plugins=[{name: dist_pseudo, start_epoch: 1, "
                          "thresholds: {min_positives: 1}}]"],
     "pbce+ema": ["method.name=pbce", "plugins=[{name: ema, decay: 0.9}]"],
+    "pbce+teacher": ["method.name=pbce", "model.prior.name=imagenet",
+                     "plugins=[{name: teacher, start_epoch: 1, target_precision: 0.6, "
+                     "min_positives: 1}]"],
     # images, not cached maps: RandAugment needs pixels
     "pbce+randaugment": ["method.name=pbce", "model.cache_features=false",
                          "plugins=[{name: randaugment}]"],
-    # selected on the evaluation split, CFT keeps new weights for 4 classes here (on the default
-    # hold-out of 10 training images it keeps none: the second case pins that path)
+    # selected on the evaluation split, CFT keeps new weights for 4 classes here; the second
+    # case pins the default path: selected on the training images held out of training before
+    # the run (train.select=train_holdout)
     "pbce+cft": ["method.name=pbce", "plugins=[{name: cft, steps: 20, select: eval_split}]"],
-    "pbce+cft_holdout": ["method.name=pbce", "plugins=[{name: cft, steps: 20}]"],
+    "pbce+cft_holdout": ["method.name=pbce", "train.select=train_holdout",
+                         "plugins=[{name: cft, steps: 20}]"],
 }
 SARL = ["method.trunk.dim=32", "method.trunk.attention_dim=16"]
 

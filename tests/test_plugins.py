@@ -92,22 +92,21 @@ def test_cft_refits_per_class_and_keeps_if_better():
         head.fc.bias.zero_()
     w1 = head.fc.weight[1].clone()
 
-    def batches():
-        for i in range(0, 200, 50):
-            xb = x[i:i + 50]
-            yield {"index": torch.arange(i, i + len(xb))}, head(xb)
+    # the selection set: other images (held out of training), their labels
+    xs = torch.randn(100, 2, generator=g)
+    ys = torch.stack([torch.where(xs[:, 0] > 0, 1, -1), torch.where(xs[:, 1] > 0, 1, -1)], 1)
 
     from omegaconf import OmegaConf
     from mlrpl.plugins.base import PluginContext
     from mlrpl.plugins.cft import CFTConfig
     cft = CFT(OmegaConf.structured(CFTConfig(steps=200, lr=0.05)),
-              PluginContext(2, ["a", "b"], y.numpy(), 0), head)
+              PluginContext(2, ["a", "b"], y.numpy(), 0, select_images=len(xs)), head)
 
-    def hooked():  # the hooks must see the forward: run it inside the iteration
-        for i in range(0, 200, 50):
+    def hooked(x):  # the hooks must see the forward: run it inside the iteration
+        for i in range(0, len(x), 50):
             xb = x[i:i + 50]
             yield {"index": torch.arange(i, i + len(xb))}, head(xb)
-    stats = cft.run(hooked(), head, y.numpy())
+    stats = cft.run(hooked(x), head, y.numpy(), hooked(xs), ys.to(torch.int8).numpy())
     assert cft.kept.tolist() == [True, False]
     assert stats["cft_classes_kept"] == 1
     assert head.fc.weight[0, 0] > 0                      # class 0 now points the right way
@@ -177,7 +176,7 @@ def test_resume_is_exact_with_plugins(shapes, cache_dir, tmp_path):
     plugins = ("plugins=[{name: logicmix, prob: 0.7}, {name: ranking}, "
                "{name: dist_pseudo, start_epoch: 1, thresholds: {min_positives: 1}}, "
                "{name: ema, decay: 0.9}, {name: cft, steps: 20}]")
-    extra = ["train.epochs=3", plugins, "method.dropout=0.3"]
+    extra = ["train.epochs=3", plugins, "method.dropout=0.3", "train.select=train_holdout"]
     Trainer(load_config(None, tiny(shapes, cache_dir, a, *extra))).fit()
     Trainer(load_config(None, tiny(shapes, cache_dir, b, *extra, "train.stop_after_epochs=1"))).fit()
     assert main(["train", "--resume", "--run-dir", str(b)]) == 0
@@ -223,7 +222,8 @@ def test_ema_swaps_weights_for_evaluation():
 
 def test_cft_verb_on_a_checkpoint(shapes, cache_dir, tmp_path, capsys):
     run = tmp_path / "r"
-    Trainer(load_config(None, tiny(shapes, cache_dir, run, "train.epochs=1"))).fit()
+    Trainer(load_config(None, tiny(shapes, cache_dir, run, "train.epochs=1",
+                                   "train.select=train_holdout"))).fit()
     assert main(["cft", "--checkpoint", str(run / "last.pt"), "steps=30", "--json"]) == 0
     import json
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -102,7 +102,7 @@ def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
     assert record["prior"]["source"] == "imagenet"
     assert list(record["prior"]["closest"]) == list(load_checkpoint(ckpt)["classes"])
     state = load_checkpoint(ckpt)["model"]
-    assert state["prior.mix"].shape == (4, 1000) and state["prior.weight"].shape == (1000, 1280)
+    assert state["prior.mix"].shape == (4, 1000) and state["prior.classifier_weight"].shape == (1000, 1280)
     # reopened offline (zero buffers filled from the checkpoint), the prior is the trained one
     model = mlrpl.load(ckpt)
     torch.testing.assert_close(model.model.prior.mix, state["prior.mix"])
@@ -119,17 +119,21 @@ def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
     np.testing.assert_allclose(p_pred, fused, atol=1e-5)
     assert not np.allclose(p_pred, plain, atol=1e-3)   # the prior is part of the prediction
     # the prior's part is the hand formula on the checkpoint's buffers: model.prior.weight x the
-    # logit of the ImageNet probabilities (of the pooled map) mixed by the class mixing matrix
+    # logit of the ImageNet probabilities (of the pooled map) mixed by the class mixing matrix,
+    # times each class's trust
     scale = float(load_checkpoint(ckpt)["config"]["model"]["prior"]["weight"])
     with torch.no_grad():
-        q = torch.softmax(f.mean((2, 3)) @ state["prior.weight"].T + state["prior.bias"], 1)
+        q = torch.softmax(f.mean((2, 3)) @ state["prior.classifier_weight"].T + state["prior.classifier_bias"], 1)
         mixed = q @ state["prior.mix"].T
-        torch.testing.assert_close(torch.sigmoid(model.model.prior(f) / scale), mixed,
+        torch.testing.assert_close(model.model.prior(f),
+                                   model.model.prior.untrusted(f) * state["prior.trust"])
+        torch.testing.assert_close(torch.sigmoid(model.model.prior.untrusted(f) / scale), mixed,
                                    rtol=1e-4, atol=1e-6)
         m = mixed.double()                          # the logit, kept finite by eps = 1e-8
         logit = (torch.log(m + 1e-8) - torch.log1p(1e-8 - m)).float()
         torch.testing.assert_close(model.model.head(f)["logits"],
-                                   model.model.method(f, None)["logits"] + scale * logit,
+                                   model.model.method(f, None)["logits"]
+                                   + scale * logit * state["prior.trust"].float(),
                                    rtol=1e-4, atol=1e-4)
     # the run's own evaluation scored the same model: the checkpoint, evaluated again, gives the
     # best epoch's recorded mAP
@@ -139,11 +143,20 @@ def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
                                                                         abs=1e-3)
 
 
-def test_cft_refuses_the_prior(trained):
+def test_cft_refits_a_model_with_the_prior(trained, tmp_path, capsys):
+    """CFT re-fits the final layer under the prior (tests/test_cft.py has the hand case); this
+    run held no training images out, so its default selection is refused in one line."""
     from mlrpl.cli import main
+    from mlrpl.engine.evaluate import evaluate_checkpoint
     data, ckpt = trained
-    assert main(["cft", "--checkpoint", str(ckpt), "--out", str(data / "cft.pt")]) != 0
-    assert not (data / "cft.pt").exists()
+    out = tmp_path / "cft.pt"
+    assert main(["cft", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    assert "train.select=train_holdout" in capsys.readouterr().err and not out.exists()
+    assert main(["cft", "--checkpoint", str(ckpt), "--out", str(out), "select=eval_split",
+                 "steps=20", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluate_checkpoint(out)["metrics"]["mAP"] == pytest.approx(r["after"]["mAP"],
+                                                                       abs=1e-6)
 
 
 def test_the_exported_model_carries_the_prior(trained, tmp_path):
@@ -156,3 +169,60 @@ def test_the_exported_model_carries_the_prior(trained, tmp_path):
     paths = [data / line.split(",")[0] for line in (data / "val.csv").read_text().splitlines()[1:5]]
     np.testing.assert_allclose(ort_probabilities(exp, paths),
                                mlrpl.load(ckpt).predict_proba([str(p) for p in paths]), atol=1e-4)
+
+
+# ---- per-class trust from the known labels -------------------------------------------------------
+def test_trust_rule_on_a_hand_case():
+    """A class whose prior separates its known labels keeps it; one at chance loses it; a class
+    without known positives is trusted as far as its name resembles an ImageNet name."""
+    from mlrpl.models.prior_trust import TrustRule, chance_z, measure_trust, roc_auc
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.where(rng.random((n, 3)) < 0.3, 1, -1).astype(np.int8)
+    scores = np.stack([y[:, 0] * 2.0 + rng.normal(size=n),          # separates
+                       -0.3 * y[:, 1] + rng.normal(size=n),          # no better than chance
+                       rng.normal(size=n)], 1)
+    partial = y.copy()
+    partial[:, 2] = np.where(y[:, 2] > 0, 0, -1)                     # no known positive
+    trust, table = measure_trust(scores, partial, [0.9, 0.9, 0.4], ["good", "noise", "unseen"],
+                                 TrustRule(min_positives=5, similarity_low=0.3,
+                                           similarity_high=0.5))
+    assert trust[0] == 1.0 and table[0]["auc"] > 0.9 and table[0]["z"] > 5
+    assert trust[1] == 0.0 and table[1]["auc"] < 0.5
+    assert table[2]["auc"] is None and trust[2] == pytest.approx(0.5)   # (0.4 - 0.3) / 0.2
+    assert roc_auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
+    assert np.isnan(chance_z(float("nan"), 3, 4))
+
+
+def test_trust_mixes_names_and_labels_when_few_positives_are_known():
+    from mlrpl.models.prior_trust import TrustRule, measure_trust
+    y = np.array([1, 1, -1, -1, -1, -1, -1, -1], np.int8)[:, None]
+    perfect = np.array([5.0, 4, 0, 0, 0, 0, 0, 0])[:, None]
+    trust, table = measure_trust(perfect, y, [0.3], ["c"], TrustRule(min_positives=4))
+    # 2 of the 4 positives needed: half measured (z of a perfect AUC with 2 vs 6 is below 1.645 x
+    # its ramp), half the name's (0 at similarity 0.3)
+    z = table[0]["z"]
+    assert trust[0] == pytest.approx(0.5 * min(1.0, z / 1.645), abs=1e-3)
+
+
+def test_a_trained_run_records_and_applies_the_trust(trained):
+    from mlrpl.engine.checkpoint import load_checkpoint
+    data, ckpt = trained
+    record = json.loads((ckpt.parent / "run.json").read_text())
+    table = record["prior"]["trust"]["table"]
+    assert record["prior"]["trust"]["rule"] == "known_labels" and len(table) == 4
+    state = load_checkpoint(ckpt)["model"]
+    assert state["prior.trust"].tolist() == pytest.approx([r["trust"] for r in table], abs=1e-4)
+    assert "prior trust from the known training labels" in (ckpt.parent / "train.log").read_text()
+
+
+def test_opaque_class_names(tmp_path):
+    from mlrpl.config import load_config
+    from mlrpl.engine.experiment import load_splits, opaque_names
+    assert opaque_names(3) == ["c00", "c01", "c02"] and opaque_names(101)[-1] == "c100"
+    data = make_own_csv_data(tmp_path)
+    cfg = load_config(None, ["data.dataset=csv", f"data.root={data / 'train.csv'}",
+                             "data.train_split=null", f"data.val_root={data / 'val.csv'}",
+                             "data.val_split=null", "data.class_names=opaque"])
+    train, val = load_splits(cfg)
+    assert train.classes == val.classes == ["c00", "c01", "c02", "c03"]

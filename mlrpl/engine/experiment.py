@@ -44,12 +44,20 @@ class MLRModel(nn.Module):
         return self.head(self.features(batch), batch)
 
     def head(self, features: torch.Tensor, batch: dict | None = None) -> dict:
-        """The method's outputs on backbone `features`, its ``logits`` plus the prior's."""
-        out = self.method(features, batch)
+        """The method's outputs on backbone `features`; with a class prior, ``logits`` include the
+        prior's (``prior_logits`` in the outputs: its part). A method that thresholds, ranks or
+        recovers labels from its class scores (``Method.reads_prior``) receives the prior's logits
+        in ``batch["prior_logits"]`` and adds them itself, before it uses the scores; for the
+        others the model adds them to ``logits`` after the method's forward."""
         if self.prior is None:
-            return out
-        out = dict(out)
-        out["logits"] = out["logits"] + self.prior(features).to(out["logits"].dtype)
+            return self.method(features, batch)
+        prior = self.prior(features)          # detached inside: no gradient through the prior
+        if getattr(self.method, "reads_prior", False):
+            out = dict(self.method(features, {**(batch or {}), "prior_logits": prior}))
+        else:
+            out = dict(self.method(features, batch))
+            out["logits"] = out["logits"] + prior.to(out["logits"].dtype)
+        out["prior_logits"] = prior
         return out
 
 
@@ -58,7 +66,24 @@ def data_root(root: str) -> str:
     return os.path.expanduser(str(root))
 
 
+def opaque_names(n: int) -> list[str]:
+    """``data.class_names=opaque``: c00, c01, ... (as many digits as the class count needs)."""
+    width = max(2, len(str(n - 1)))
+    return [f"c{i:0{width}d}" for i in range(n)]
+
+
 def load_splits(cfg) -> tuple[LabelSet, LabelSet]:
+    """Train and evaluation LabelSets; with ``data.class_names=opaque`` the classes renamed
+    c00, c01, ... (see :func:`read_splits`)."""
+    train, val = read_splits(cfg)
+    if getattr(cfg.data, "class_names", "as_read") == "opaque":
+        names = opaque_names(train.num_classes)
+        train, val = (LabelSet(ls.items, list(names), ls.labels, ls.root, ls.source, dict(ls.meta))
+                      for ls in (train, val))
+    return train, val
+
+
+def read_splits(cfg) -> tuple[LabelSet, LabelSet]:
     """Train and evaluation LabelSets (full labels).
 
     The evaluation labels come from ``data.val_root`` (another file or root, read with

@@ -175,8 +175,10 @@ class Trainer:
             if kept is not None:
                 self.selection = self.selection.subset(kept)
         self.plugins = build_plugins(cfg.plugins, PluginContext(
-            train.num_classes, list(train.classes), self.exp.partial, int(cfg.seed)),
-            model).to(self.device)
+            train.num_classes, list(train.classes), self.exp.partial, int(cfg.seed),
+            len(self.selection) if self.selection is not None else 0,
+            train_items=list(self.exp.train.items),
+            train_paths=[str(p) for p in self.exp.train.paths()]), model).to(self.device)
         self.ddp_model = model
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -198,6 +200,7 @@ class Trainer:
             self._check_space()
         if resume:
             self._load_resume(self.run_dir / rundir.LAST)
+        self._resumed = bool(resume)
         self.record = self._record_inputs(method)
         if resume and dist.is_main():
             self._sync_run_files()
@@ -318,6 +321,7 @@ class Trainer:
                      f"classes have no ImageNet name with similarity >= 0.5"
                      + (f" (e.g. {', '.join(far[:6])}): the prior knows little of those"
                         if far else ""))
+            extra["prior"]["trust"] = self._prior_trust(prior)
         if dist.is_main():
             if any(self.skipped.values()):
                 from mlrpl.utils.files import atomic_write_text
@@ -326,6 +330,39 @@ class Trainer:
                     for item in items))
             rundir.write_run_record(self.run_dir, **extra)
         return extra
+
+    def _prior_trust(self, prior) -> dict:
+        """``model.prior.trust=known_labels``: score each class's prior on the training split's
+        known labels and set its trust (a fresh run; a resumed one keeps its checkpoint's). The
+        table goes to run.json, the log and ``prior_trust.png``."""
+        from mlrpl.models.prior_trust import measure_trust, plot_trust, trust_summary
+        rule = self.cfg.model.prior.trust
+        if rule == "none":
+            prior.trust.fill_(1.0)
+            return {"rule": "none"}
+        if not self._resumed:
+            prior.trust.fill_(1.0)
+            n, c = len(self.train_ds), self.exp.partial.shape[1]
+            scores, known = torch.zeros(n, c), torch.zeros(n, c, dtype=torch.int8)
+            for batch, out in self._eval_batches(self.train_ds, "prior trust"):
+                idx, s, t = batch["index"].long(), out["prior_logits"].float(), batch["target"]
+                if dist.is_dist():
+                    idx, s, t = (dist.all_gather_varlen(x) for x in (idx, s, t))
+                scores[idx.cpu()], known[idx.cpu()] = s.cpu(), t.cpu().to(torch.int8)
+            sim = [prior.closest[k][1] for k in self.exp.train.classes]
+            trust, table = measure_trust(scores.numpy(), known.numpy(), sim,
+                                         list(self.exp.train.classes))
+            prior.trust.copy_(torch.as_tensor(trust, dtype=prior.trust.dtype))
+            self._trust_table = table
+        table = getattr(self, "_trust_table", None)
+        if table is None:   # resumed: the checkpoint's trust, without its measurements
+            table = [{"class": k, "trust": round(float(t), 4)}
+                     for k, t in zip(self.exp.train.classes, prior.trust.tolist())]
+        else:
+            log.info(trust_summary(table) + " (table: run.json 'prior.trust', prior_trust.png)")
+            if dist.is_main():
+                plot_trust(table, self.run_dir / "prior_trust.png")
+        return {"rule": rule, "table": table}
 
     def _check_space(self):
         """Two checkpoints (and their temporary copies) must fit before the first epoch."""
@@ -512,7 +549,11 @@ class Trainer:
                                partial_labels=self.exp.partial, show_progress=self.show_progress,
                                train_batches=lambda desc: self._eval_batches(self.train_ds, desc),
                                eval_batches=lambda desc: self._eval_batches(self.val_ds, desc),
-                               eval_labels=self.exp.val.labels)
+                               eval_labels=self.exp.val.labels,
+                               select_batches=None if self.select_ds is None else
+                               lambda desc: self._eval_batches(self.select_ds, desc),
+                               select_labels=None if self.selection is None else
+                               self.selection.labels)
 
     @torch.no_grad()
     def _eval_batches(self, dataset, desc: str):

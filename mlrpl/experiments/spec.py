@@ -316,6 +316,12 @@ def load_sweep(path=None, data: dict | None = None, overrides=(), out=None, meth
     where = str(sweep_file) if sweep_file else "sweep config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with base, methods, proportions, seeds, out")
+    if methods is not None and isinstance(data.get("methods"), list):
+        # a name that is one of the config's labels selects that entry, overrides and all
+        given = methods.split(",") if isinstance(methods, str) else list(methods)
+        labelled = {str(m.get("label") or m.get("name")) if isinstance(m, dict) else str(m): m
+                    for m in data["methods"]}
+        methods = [labelled.get(str(m).strip(), m) for m in given]
     cfg = _checked(SweepConfig, _replaced(data, methods=methods, proportions=proportions,
                                           seeds=seeds, out=None if out is None else str(out)),
                    f" in {where}")

@@ -105,6 +105,11 @@ class Method(nn.Module):
     # Set True when some parameters take no part in some steps (DDP must then look for them).
     ddp_find_unused_parameters = False
     recipes: dict[str, list[str]] = {}
+    # With a class prior (``model.prior``): True when ``forward`` adds the prior's logits
+    # (``batch["prior_logits"]``, (B, C)) to its class scores itself, because it thresholds, ranks
+    # or recovers labels from them (see :meth:`with_prior`); otherwise the model adds them to
+    # ``logits`` after ``forward``.
+    reads_prior = False
 
     def __init__(self, cfg, ctx: MethodContext):
         super().__init__()
@@ -121,6 +126,13 @@ class Method(nn.Module):
         parameter is computed here, not in ``loss``: under DDP only what ``forward`` computes
         takes part in the gradient synchronisation."""
         raise NotImplementedError
+
+    @staticmethod
+    def with_prior(logits: torch.Tensor, batch: dict | None) -> torch.Tensor:
+        """``logits`` plus the class prior's logits when the model has a prior (``reads_prior``
+        methods call it on every class score they output or derive labels from)."""
+        prior = None if batch is None else batch.get("prior_logits")
+        return logits if prior is None else logits + prior.to(logits.dtype)
 
     def loss(self, outputs: dict, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; the loop optimises their sum. Every process, every

@@ -190,6 +190,7 @@ def recovered_targets(target: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 # ---- the method ---------------------------------------------------------------------------------
 @register_method("clsl")
 class CLSL(Method):
+    reads_prior = True                # pseudo-labels from the scores with the prior
     Config = CLSLConfig
     needs_embeddings = True
     # cpu-cached: D = 256 on the 2x2-pooled cached Lite0 maps (1280 x 7 x 7 tokens, as the SARL
@@ -271,8 +272,9 @@ class CLSL(Method):
         beta = torch.softmax(self.attention(x, v), dim=-1)          # (B, P, C), over classes
         z = beta @ v                                                # (B, P, D)
         a1 = self.head(torch.cat([z, x], dim=-1))                   # (B, P, C)
-        logits1 = sgfe_pool(a1)
-        out = {"logits": logits1, "logits_global": logits0}
+        # recovery reads the scores the model outputs: both branches carry the class prior
+        logits1 = self.with_prior(sgfe_pool(a1), batch)
+        out = {"logits": logits1, "logits_global": self.with_prior(logits0, batch)}
         if not self.training or batch is None or "target" not in batch:
             return out
         cfg = self.cfg

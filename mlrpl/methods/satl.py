@@ -51,6 +51,7 @@ class SATLConfig(MethodConfig):
 
 @register_method("satl")
 class SATL(Method):
+    reads_prior = True                # thresholds learned on the scores with the prior
     Config = SATLConfig
     pl_sources = ("pos", "neg")
     needs_embeddings = True
@@ -75,6 +76,8 @@ class SATL(Method):
 
     def forward(self, features, batch=None):
         out = self.trunk(features)
+        # the thresholds learn on the scores the model outputs: the class prior's included
+        out["logits"] = self.with_prior(out["logits"], batch)
         if not self.training or batch is None or "target" not in batch:
             return out
         target = batch["target"]

@@ -104,6 +104,7 @@ def strong_map_view(x: torch.Tensor, drop: float, noise: float, flip: bool) -> t
 
 @register_method("sr")
 class SR(Method):
+    reads_prior = True                # pseudo-labels from the scores with the prior
     Config = SRConfig
     recipes = {"cpu-cached": [], "hcp": []}
 
@@ -124,7 +125,9 @@ class SR(Method):
         return saliency_logits(self.cam(maps), self.cfg.topk, self.cfg.boost)
 
     def forward(self, features, batch=None):
-        out = {"logits": self.logits_of(features)}
+        # pseudo-labels from the scores the model outputs (the class prior's included); both
+        # views carry the prior of the clean image
+        out = {"logits": self.with_prior(self.logits_of(features), batch)}
         if not self.training or batch is None or "target" not in batch:
             return out
         cfg = self.cfg
@@ -132,7 +135,7 @@ class SR(Method):
         if strong.dim() == 4:
             strong = strong_map_view(strong, float(cfg.map_drop), float(cfg.map_noise),
                                      bool(cfg.map_flip))
-        out["logits_strong"] = self.logits_of(strong)
+        out["logits_strong"] = self.with_prior(self.logits_of(strong), batch)
         prob = torch.sigmoid(out["logits"].detach().float())
         pos, neg = confidence_pseudo_labels(prob, batch["target"], float(cfg.tau_pos),
                                             float(cfg.tau_neg), bool(cfg.negatives))

@@ -53,7 +53,16 @@ def mixing_matrix(class_emb: np.ndarray, source_emb: np.ndarray, top_k: int,
 
 
 class ClassifierPrior(nn.Module):
-    """features (B, F, H, W) or pooled (B, F) -> (B, C) weighted prior logits."""
+    """features (B, F, H, W) or pooled (B, F) -> (B, C) prior logits, ``scale · trust_c · logit(m_c)``.
+
+    Buffers: ``classifier_weight`` (K, F) and ``classifier_bias`` (K,), the ImageNet classifier;
+    ``mix`` (C, K), the name mixing; ``trust`` (C,), each class's trust in [0, 1] (ones until
+    :func:`mlrpl.models.prior_trust.measure_trust` sets it from the known labels). The input is
+    detached: no gradient reaches the backbone through the prior, whatever ``model.freeze`` says,
+    and the classifier never trains."""
+
+    # buffer names of checkpoints written before the classifier's buffers were renamed
+    _OLD_NAMES = {"weight": "classifier_weight", "bias": "classifier_bias"}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mix: torch.Tensor,
                  scale: float = 1.0):
@@ -61,19 +70,36 @@ class ClassifierPrior(nn.Module):
         if weight.shape[0] != bias.shape[0] or weight.shape[0] != mix.shape[1]:
             raise ValueError(f"prior: classifier {tuple(weight.shape)} / {tuple(bias.shape)} and "
                              f"mixing matrix {tuple(mix.shape)} do not fit")
-        self.register_buffer("weight", weight.float().clone())
-        self.register_buffer("bias", bias.float().clone())
+        self.register_buffer("classifier_weight", weight.float().clone())
+        self.register_buffer("classifier_bias", bias.float().clone())
         self.register_buffer("mix", mix.float().clone())
+        self.register_buffer("trust", torch.ones(mix.shape[0]))
         self.scale = float(scale)
         self.closest: dict | None = None   # set by build_prior: class -> (ImageNet name, cosine)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.float()
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self._OLD_NAMES.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        if prefix + "trust" not in state_dict:       # written before per-class trust: full trust
+            state_dict[prefix + "trust"] = torch.ones_like(self.trust)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def mixed(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C) m(x): the ImageNet probabilities mixed into each class (no gradient)."""
+        x = features.detach().float()
         if x.dim() == 4:
             x = x.mean(dim=(2, 3))
-        q = torch.softmax(nn.functional.linear(x, self.weight, self.bias), dim=1)
-        m = q @ self.mix.T
+        q = torch.softmax(nn.functional.linear(x, self.classifier_weight, self.classifier_bias), 1)
+        return q @ self.mix.T
+
+    def untrusted(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C) ``scale · logit(m)``: the prior before per-class trust."""
+        m = self.mixed(features)
         return self.scale * (torch.log(m + EPS) - torch.log1p(EPS - m))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.untrusted(features) * self.trust
 
     def matches(self, class_names: list[str], source_names: list[str], n: int = 3) -> dict:
         """Per class, its `n` heaviest source classes with their mixing weights."""
@@ -83,7 +109,7 @@ class ClassifierPrior(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"classes={self.mix.shape[0]}, source={self.mix.shape[1]}, "
-                f"features={self.weight.shape[1]}, scale={self.scale}")
+                f"features={self.classifier_weight.shape[1]}, scale={self.scale}")
 
 
 def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):

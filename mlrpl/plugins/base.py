@@ -44,13 +44,20 @@ class PluginContext:
     class_names: list
     partial_labels: np.ndarray | None = None   # (N_train, C) int8, internal encoding
     seed: int = 0
+    # training images held out of training before the run (train.select=train_holdout), 0 if none
+    select_images: int = 0
+    # the training images as the label file names them and as resolved paths (dataset order)
+    train_items: list | None = None
+    train_paths: list | None = None
 
 
 @dataclass
 class TrainEndContext:
     """What ``on_train_end`` may use: passes over the training set and the evaluation split in
     evaluation mode (``(batch, outputs)``, ``batch["index"]`` the dataset indices), the known
-    training labels and the evaluation split's labels (for a selection that says it used them)."""
+    training labels and the evaluation split's labels (for a selection that says it used them);
+    with ``train.select=train_holdout``, passes over the training images held out of training
+    before the run and their known labels (else None)."""
     epoch: int
     seed: int
     partial_labels: np.ndarray
@@ -58,6 +65,8 @@ class TrainEndContext:
     train_batches: Callable[[str], Iterator[tuple[dict, dict]]]
     eval_batches: Callable[[str], Iterator[tuple[dict, dict]]]
     eval_labels: np.ndarray
+    select_batches: Callable[[str], Iterator[tuple[dict, dict]]] | None = None
+    select_labels: np.ndarray | None = None
 
 
 class Plugin(nn.Module):
