@@ -187,7 +187,8 @@ def main(argv=None) -> int:
 
     for method in args.methods:
         for prior in priors:
-            tag = "yes" if prior else "no"
+            tag = "yes" if prior else "no"          # folder names
+            col = "true" if prior else "false"      # the CSV's prior column
             for seed in args.seeds:
                 base = out / args.set / f"{method}_prior-{tag}" / f"s{seed}"
                 labels0 = base / "labels.r0.csv"
@@ -199,13 +200,13 @@ def main(argv=None) -> int:
                 m0 = train_round(args.set, method, prior, seed, labels0, val_csv,
                                  base / "r0-run", args.overrides)
                 for strategy in args.strategies:
-                    results[(method, tag, strategy, 0, seed)] = (0, m0)
+                    results[(method, col, strategy, 0, seed)] = (0, m0)
                 save_results(table, results)
                 for strategy in args.strategies:
                     rounds = args.rounds * (2 if strategy == "random" else 1)
                     labels, run = labels0, base / "r0-run"
                     for rnd in range(1, rounds + 1):
-                        key = (method, tag, strategy, rnd, seed)
+                        key = (method, col, strategy, rnd, seed)
                         folder = base / strategy / f"r{rnd}"
                         merged, new_run = folder / "labels.csv", folder / "run"
                         if key in results and (new_run / "metrics.json").is_file():

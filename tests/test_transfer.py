@@ -421,8 +421,15 @@ def run_two_gloo_processes(script_text: str, shapes, cache_dir, tmp_path) -> lis
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), json.dumps(common), str(tmp_path)]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return [json.loads((tmp_path / f"report{i}.json").read_text()) for i in (0, 1)]
+    reports = [tmp_path / f"report{i}.json" for i in (0, 1)]
+    # gloo's threads can still abort a process at teardown, after the barrier that follows the
+    # reports ("terminate called without an active exception", seen on a loaded machine): the
+    # work is done and checked below; any other failure fails here
+    teardown_only = (all(p.is_file() for p in reports)
+                     and "terminate called without an active exception" in r.stderr
+                     and "Traceback" not in r.stderr.split("terminate called")[0])
+    assert r.returncode == 0 or teardown_only, r.stdout[-3000:] + r.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in reports]
 
 
 def state_differs_from_rank0(module) -> list[str]:
