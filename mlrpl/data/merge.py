@@ -39,6 +39,7 @@ import numpy as np
 
 from mlrpl.data.encoding import ENCODINGS, NEG, POS, UNK
 from mlrpl.data.labelset import LabelSet
+from mlrpl.data.readers.tabular import csv_rows as _csv_rows
 from mlrpl.data.readers.tabular import (_LIST_HEADERS, _LONG_HEADERS, LONG_EXTRA_COLUMNS,
                                         Tokens, image_key, norm_token, read_csv)
 from mlrpl.errors import DataError, MlrplError, require_file
@@ -68,30 +69,6 @@ class Answer:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _csv_rows(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
-    """(header cells, header line, [(line, cells)]) of a CSV, blank lines skipped, as the
-    reader does."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header, rows = None, []
-            for row in reader:
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if header is None:
-                    header = (row, reader.line_num)
-                else:
-                    rows.append((reader.line_num, row))
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e})", path=path) from None
-    except csv.Error as e:
-        raise DataError(f"malformed CSV ({e})", path=path) from None
-    if header is None:
-        raise DataError("empty file; expected a header 'image,label,value', 'image,labels' or "
-                        "'image,<class>,...'", path=path)
-    return header[0], header[1], rows
-
-
 def _layout(cols: list[str]) -> str:
     lowered = [c.strip().lower() for c in cols]
     if lowered[:3] in _LONG_HEADERS:

@@ -189,6 +189,30 @@ class Tokens:
 
 
 # ---- csv ------------------------------------------------------------------------------------
+def csv_rows(path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
+    """(header cells, header line, [(line, cells)]) of a label CSV, blank lines skipped; one
+    DataError naming the file for text that is not UTF-8, malformed CSV or an empty file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header, rows = None, []
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if header is None:
+                    header = (row, reader.line_num)
+                else:
+                    rows.append((reader.line_num, row))
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e})", path=path) from None
+    except csv.Error as e:
+        raise DataError(f"malformed CSV ({e})", path=path) from None
+    if header is None:
+        raise DataError("empty file; expected a header 'image,labels', 'image,label,value' or "
+                        "'image,<class>,...'", path=path)
+    return header[0], header[1], rows
+
+
 def read_csv(root, split: str | None = None, classes=None, encoding: str | None = None,
              image_root=None, positive=None, negative=None, unknown=None,
              absent: str = "negative") -> LabelSet:
@@ -229,25 +253,8 @@ def read_csv(root, split: str | None = None, classes=None, encoding: str | None 
     if encoding is not None and (positive is not None or negative is not None):
         raise DataError("give either encoding= or positive=/negative= tokens, not both",
                         path=path, field="encoding")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            rows = []
-            header = None
-            for row in reader:
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if header is None:
-                    header = ([c.strip() for c in row], reader.line_num)
-                else:
-                    rows.append((reader.line_num, row))
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e})", path=path) from None
-    except csv.Error as e:
-        raise DataError(f"malformed CSV ({e})", path=path) from None
-    if header is None:
-        raise DataError("empty file; expected a header 'image,labels', 'image,label,value' or "
-                        "'image,<class>,...'", path=path)
+    raw, header_line, rows = csv_rows(path)
+    header = ([c.strip() for c in raw], header_line)
     cols, header_line = header
     if len(cols) < 2 or cols[0].lower() != "image":
         raise DataError(f"header {','.join(cols)!r}: expected 'image,<class 1>,<class 2>,...' "
