@@ -63,7 +63,7 @@ def run_demo(data_root=None, out=None, overwrite=False, epochs=None) -> int:
                 "data.image_size=224"]
         title = f"generated shapes ({root})"
     runs = [("pbce, 30% known", ["data.known_proportion=0.3"], "p0.3"),
-            ("pbce + ImageNet prior, 30% known", ["data.known_proportion=0.3",
+            ("pbce + trusted prior, 30% known", ["data.known_proportion=0.3",
                                                   "model.prior.name=imagenet"], "p0.3_prior"),
             ("pbce, 100% known (reference)", ["data.known_proportion=1.0"], "p1.0"),
             ("pbce, 30% known, random backbone", ["data.known_proportion=0.3",
