@@ -58,8 +58,7 @@ def load_set(name: str, opaque: bool = False) -> dict:
         pooled = torch.as_tensor(np.asarray(ds.features, dtype=np.float32)).mean(dim=(2, 3))
         with torch.no_grad():
             out["p" + tag] = prior.untrusted(pooled).numpy()
-            out["q" + tag] = torch.softmax(pooled @ prior.classifier_weight.T
-                                           + prior.classifier_bias, 1).numpy()
+            out["q" + tag] = prior.imagenet_probabilities(pooled).numpy()
         out["x" + tag], out["y" + tag] = pooled.numpy(), ls.labels
     out["similarity"] = np.array([prior.closest[c][1] for c in train.classes])
     return out
@@ -244,14 +243,13 @@ def study(name: str, seeds, proportions) -> dict:
     return res
 
 
-def opaque_study(seeds) -> dict:
+def opaque_study() -> dict:
     """COCO128 with opaque names: the ImageNet categories the prior mixes, and how its image
     mean relates to the number of objects per image."""
     import mlrpl.models.prior as pm
     from scipy.stats import spearmanr
     D = load_set("coco128", opaque=True)
     cats = pm.imagenet_categories()
-    m = 1 / (1 + np.exp(-D["pte"]))
     counts = (D["yte"] > 0).sum(1)
     entropy = -(D["qte"] * np.log(D["qte"] + 1e-12)).sum(1)
     mean_prior = D["pte"].mean(1)
@@ -263,7 +261,6 @@ def opaque_study(seeds) -> dict:
         weights = [(cats[k], round(float(A[:, k].sum()), 1)) for k in np.argsort(-A.sum(0))[:8]]
     except ImportError:
         pass
-    del m
     tile = lambda s: np.repeat(s[:, None], len(D["classes"]), 1)   # noqa: E731
     return {"mixed_imagenet_categories": weights,
             "spearman(mean prior, objects per image)": round(spearmanr(mean_prior, counts)[0], 3),
@@ -284,7 +281,7 @@ def main(argv=None):
     os.environ.setdefault("MLRPL_DATA", str(REPO.parent / "shared" / "data"))
     out = {"sets": [study(s, args.seeds, args.proportions) for s in args.set]}
     if "coco128" in args.set:
-        out["opaque"] = opaque_study(args.seeds)
+        out["opaque"] = opaque_study()
     for res in out["sets"]:
         print(f"\n== {res['set']}: test mAP (all classes / six frequent), mean over seeds "
               f"{args.seeds}")

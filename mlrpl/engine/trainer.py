@@ -342,13 +342,10 @@ class Trainer:
             return {"rule": "none"}
         if not self._resumed:
             prior.trust.fill_(1.0)
-            n, c = len(self.train_ds), self.exp.partial.shape[1]
-            scores, known = torch.zeros(n, c), torch.zeros(n, c, dtype=torch.int8)
-            for batch, out in self._eval_batches(self.train_ds, "prior trust"):
-                idx, s, t = batch["index"].long(), out["prior_logits"].float(), batch["target"]
-                if dist.is_dist():
-                    idx, s, t = (dist.all_gather_varlen(x) for x in (idx, s, t))
-                scores[idx.cpu()], known[idx.cpu()] = s.cpu(), t.cpu().to(torch.int8)
+            scores, known = dist.rows_by_index(
+                ((b["index"], o["prior_logits"].float(), b["target"].to(torch.int8))
+                 for b, o in self._eval_batches(self.train_ds, "prior trust")),
+                len(self.train_ds))
             sim = [prior.closest[k][1] for k in self.exp.train.classes]
             trust, table = measure_trust(scores.numpy(), known.numpy(), sim,
                                          list(self.exp.train.classes))

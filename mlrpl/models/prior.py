@@ -85,13 +85,16 @@ class ClassifierPrior(nn.Module):
             state_dict[prefix + "trust"] = torch.ones_like(self.trust)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def mixed(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C) m(x): the ImageNet probabilities mixed into each class (no gradient)."""
+    def imagenet_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K) q(x): the ImageNet classifier's probabilities (no gradient)."""
         x = features.detach().float()
         if x.dim() == 4:
             x = x.mean(dim=(2, 3))
-        q = torch.softmax(nn.functional.linear(x, self.classifier_weight, self.classifier_bias), 1)
-        return q @ self.mix.T
+        return torch.softmax(nn.functional.linear(x, self.classifier_weight, self.classifier_bias), 1)
+
+    def mixed(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C) m(x): the ImageNet probabilities mixed into each class (no gradient)."""
+        return self.imagenet_probabilities(features) @ self.mix.T
 
     def untrusted(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C) ``scale · logit(m)``: the prior before per-class trust."""

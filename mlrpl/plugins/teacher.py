@@ -50,6 +50,7 @@ from mlrpl.losses import partial_bce, zero_loss
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality, distribution_thresholds
 from mlrpl.plugins.base import Plugin, PluginConfig
 from mlrpl.plugins.registry import register_plugin
+from mlrpl.utils import dist
 
 log = logging.getLogger("mlrpl")
 BINS = 100
@@ -213,7 +214,6 @@ class Teacher(Plugin):
         n = 0 if ctx.partial_labels is None else len(ctx.partial_labels)
         self.register_buffer("recovered", torch.zeros(n, ctx.num_classes, dtype=torch.int8))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
-        self.partial = ctx.partial_labels
         self.class_names = list(ctx.class_names)
         self.file_scores = None
         if cfg.source == "prior" and getattr(model, "prior", None) is None:
@@ -248,13 +248,9 @@ class Teacher(Plugin):
             return
         scores = self.file_scores
         if scores is None:   # the model's class prior (with its trust) on every training image
-            scores = np.zeros(self.recovered.shape)
-            for batch, out in ctx.eval_batches("teacher scores"):
-                idx, s = batch["index"].long(), out["prior_logits"].float()
-                from mlrpl.utils import dist
-                if dist.is_dist():
-                    idx, s = dist.all_gather_varlen(idx), dist.all_gather_varlen(s)
-                scores[idx.cpu().numpy()] = s.cpu().numpy()
+            scores = dist.rows_by_index(
+                ((b["index"], o["prior_logits"].float())
+                 for b, o in ctx.eval_batches("teacher scores")), len(self.recovered))[0].numpy()
         rec, detail = recover(scores, ctx.partial_labels, self.cfg)
         self.recovered.copy_(torch.as_tensor(rec))
         self.ready.fill_(True)

@@ -71,6 +71,22 @@ def all_gather_varlen(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([full[i * m: i * m + s] for i, s in enumerate(sizes)], 0)
 
 
+def rows_by_index(batches, n: int) -> list[torch.Tensor]:
+    """Whole-dataset tensors from a pass over this process's shard: `batches` yields
+    ``(index, *tensors)`` per batch (dataset indices first); every process gets the (n, ...)
+    tensors (CPU) with each row placed at its index (a sampler's padded repeats land on their own
+    row). Every process must yield the same number of batches (DistributedSampler pads)."""
+    out = None
+    for index, *values in batches:
+        index = all_gather_varlen(index.long())
+        values = [all_gather_varlen(v) for v in values]
+        if out is None:
+            out = [torch.zeros((n, *v.shape[1:]), dtype=v.dtype) for v in values]
+        for o, v in zip(out, values):
+            o[index.cpu()] = v.cpu()
+    return out
+
+
 def broadcast_buffers(module, src: int = 0) -> None:
     """Give every process rank `src`'s buffers (BatchNorm statistics drift apart between
     processes; DDP re-broadcasts them only at its next training forward)."""
