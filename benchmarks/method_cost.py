@@ -2,6 +2,11 @@
 
     python benchmarks/method_cost.py --classes 200 --json
     python benchmarks/method_cost.py --classes 80 --methods pbce ssgrl sst hst satl sst_dense_ist sarb dsrb
+    python benchmarks/method_cost.py --classes 80 200 1000 5000 --batch 4 --steps 2 --warmup 1
+
+Several ``--classes`` give one table per size. A method that cannot run at a size says why: a
+worker that needs more than ``--max-mb`` of memory or takes longer than ``--timeout`` seconds is
+stopped, and the table prints the reason in place of its numbers.
 
 On cached-feature shapes (B x 1280 x 14 x 14, EfficientNet-Lite0 at 448 px; synthetic values, the
 cost does not depend on them): one training step = forward through the method, its loss terms,
@@ -23,7 +28,8 @@ subprocess and the peak resident set size (``ru_maxrss``) during the steps minus
 just before the first step (the memory training needs beyond the model: activations, gradients,
 optimiser state).
 The last line printed with ``--json`` is one JSON object: method -> {"time_ratio", "memory_ratio"}
-against ``ssgrl``, plus the raw numbers.
+against ``ssgrl``, plus the raw numbers (with several sizes: size -> that object); a method that
+could not run has {"failed": reason}.
 """
 from __future__ import annotations
 
@@ -97,7 +103,7 @@ def measure(method: str, args) -> dict:
         backbone = apply_freeze(create_backbone(args.backbone, pretrained=False), args.freeze)
         backbone = backbone.to(device).train()
         channels, hw = backbone.out_channels, 3   # the batch holds images; hw is unused
-    m = build(method, args.classes, args.dim, args.attention, channels).to(device)
+    m = build(method, args.size, args.dim, args.attention, channels).to(device)
     groups = list(m.param_groups())
     if backbone is not None and any(p.requires_grad for p in backbone.parameters()):
         groups.append({"params": [p for p in backbone.parameters() if p.requires_grad]})
@@ -109,7 +115,7 @@ def measure(method: str, args) -> dict:
     epoch = 10
 
     def step(i):
-        b = batch_for(args.classes, args.batch, channels, hw, device, i, args.known,
+        b = batch_for(args.size, args.batch, channels, hw, device, i, args.known,
                       args.positive_rate)
         b["epoch"] = epoch
         if backbone is not None:
@@ -149,7 +155,7 @@ def measure(method: str, args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--classes", type=int, nargs="+", default=[80], help="one or more sizes C")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--channels", type=int, default=1280)
@@ -166,47 +172,91 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900,
+                    help="seconds a method may take for all its steps at one size (CPU)")
+    ap.add_argument("--max-mb", type=int, default=16000,
+                    help="memory a method may use beyond the model at one size (CPU); 0: no limit")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess worker
     args = ap.parse_args()
     if args.one:
+        args.size = args.classes[0]
         print(json.dumps(measure(args.one, args)))
         return
-    results = {}
-    for method in args.methods:
-        if args.device == "cpu":  # a fresh process per method, so that peak RSS is its own
-            cmd = [sys.executable, __file__, "--one", method] + [
-                a for a in sys.argv[1:] if a != "--json"]
-            # drop the --methods list from the worker's arguments
-            if "--methods" in cmd:
-                i = cmd.index("--methods")
-                j = i + 1
-                while j < len(cmd) and not cmd[j].startswith("--"):
-                    j += 1
-                del cmd[i:j]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"{method}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+    sizes = {}
+    for classes in args.classes:
+        args.size = classes
+        results = {}
+        for method in args.methods:
+            if args.device != "cpu":
+                results[method] = measure(method, args)
                 continue
-            results[method] = json.loads(r.stdout.strip().splitlines()[-1])
-        else:
-            results[method] = measure(method, args)
+            # a fresh process per method, so that peak RSS is its own
+            cmd = [sys.executable, __file__, "--one", method] + worker_args(sys.argv[1:], classes)
+            results[method] = run_worker(cmd, args)
+        sizes[classes] = report(results, args)
+    if args.json:
+        print(json.dumps(sizes[args.classes[0]] if len(sizes) == 1
+                         else {str(c): r for c, r in sizes.items()}))
+
+
+def worker_args(argv: list[str], classes: int) -> list[str]:
+    """The worker's arguments: the parent's without --json, --methods and --classes (one size)."""
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skip = a in ("--methods", "--classes", "--json")
+            if skip:
+                continue
+        elif skip:
+            continue
+        out.append(a)
+    return out + ["--classes", str(classes)]
+
+
+def run_worker(cmd: list[str], args) -> dict:
+    """Run one method's measurement in its own process, under the memory and time limits; a
+    failure comes back as {"failed": why}."""
+    limit = int(args.max_mb) * 2**20
+
+    def cap():  # the address space, with room for the interpreter and torch's own mappings
+        resource.setrlimit(resource.RLIMIT_AS, (limit + 4 * 2**30, resource.RLIM_INFINITY))
+
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                           preexec_fn=cap if args.max_mb else None)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"did not finish {args.warmup + args.steps} steps in {args.timeout:g} s"}
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["exit status %d" % r.returncode])[-1]
+        if "alloc" in last.lower() or "memory" in last.lower() or r.returncode == -9:
+            return {"failed": f"needs more than {args.max_mb} MB ({last[:120]})"}
+        return {"failed": last[:200]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict, args) -> dict:
+    """Print one size's table; return its JSON object."""
     ref = results.get("ssgrl")
+    ref = ref if ref and "failed" not in ref else None
     inputs = (f"{args.backbone} (freeze {args.freeze}) on {args.image_size} px images"
               if args.backbone else f"maps {args.channels}x{args.hw}x{args.hw}")
     labels = (f"known {args.known or 0.3}, positive rate {args.positive_rate or 0.1}"
               if args.known is not None or args.positive_rate is not None else "dense labels")
-    print(f"C = {args.classes}, batch {args.batch}, {inputs}, {labels}, trunk D = {args.dim}, "
+    print(f"C = {args.size}, batch {args.batch}, {inputs}, {labels}, trunk D = {args.dim}, "
           f"device {args.device}, threads {torch.get_num_threads()}")
     print(f"{'method':<15} {'step (s)':>9} {'peak (MB)':>10} {'time/ssgrl':>11} {'mem/ssgrl':>10}")
     out = {}
     for method, r in results.items():
+        if "failed" in r:
+            out[method] = r
+            print(f"{method:<15} cannot run: {r['failed']}")
+            continue
         tr = r["step_s"] / ref["step_s"] if ref else float("nan")
         mr = r["peak_mb"] / ref["peak_mb"] if ref and ref["peak_mb"] > 0 else float("nan")
         out[method] = {"time_ratio": round(tr, 3), "memory_ratio": round(mr, 3),
                        "step_s": round(r["step_s"], 4), "peak_mb": round(r["peak_mb"], 1)}
         print(f"{method:<15} {r['step_s']:9.3f} {r['peak_mb']:10.1f} {tr:11.2f} {mr:10.2f}")
-    if args.json:
-        print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

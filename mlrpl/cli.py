@@ -305,6 +305,8 @@ def _config_from_args(args):
         if not isinstance(base, dict):
             raise MlrplError(f"{saved}: the run's saved config is damaged (expected a mapping, "
                              f"got {type(base).__name__}); it cannot be resumed")
+        from mlrpl.config import with_earlier_values
+        base = with_earlier_values(base)   # a run made before a key keeps its behaviour
         base.setdefault("train", {})["stop_after_epochs"] = None  # a new invocation, a new budget
         base.setdefault("run", {})["overwrite"] = False
         _refuse_method_change(args, base)

@@ -365,5 +365,36 @@ def resolved(cfg: DictConfig) -> dict:
     return with_recorded_defaults(out)
 
 
+# Keys added after runs were recorded whose default computes something else than those runs did:
+# a record (config.yaml, a checkpoint's config) without them gets the value that reproduces it.
+# Today: the SARL trunk's top-k label graph and refined classes, dense in earlier records.
+EARLIER_VALUES = {("method", "trunk"): {"graph_k": None, "refine_classes": None}}
+
+
+def with_earlier_values(config: dict) -> dict:
+    """A plain config dict with the keys of :data:`EARLIER_VALUES` it lacks filled in with the
+    behaviour it was recorded with. Returns a new dict; ``config`` is not changed.
+
+    >>> with_earlier_values({"method": {"name": "ssgrl", "trunk": {"dim": 8}}})["method"]["trunk"]
+    {'graph_k': None, 'refine_classes': None, 'dim': 8}
+    """
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for path, values in EARLIER_VALUES.items():
+        parents, node = [out], out
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                break
+            parents.append(node)
+        else:
+            filled = {**values, **node}
+            for key, parent in zip(reversed(path), reversed(parents[:-1])):
+                filled = {**parent, key: filled}
+            out = filled
+    return out
+
+
 def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg))

@@ -83,3 +83,107 @@ def test_ssgrl_trains_and_rebuilds_from_checkpoint(shapes, cache_dir, tmp_path):
     assert np.isfinite(result["last"]["mAP"])
     again = evaluate_checkpoint(run / "last.pt")
     assert again["metrics"]["mAP"] == pytest.approx(result["last"]["mAP"], abs=1e-3)
+
+
+# ---- many classes: streamed attention scores, top-k graph, refined classes -------------------
+def test_streamed_bilinear_scores_match_the_literal_form_and_gradients(monkeypatch):
+    from mlrpl.models import bilinear
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn((), dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(bilinear, "CHUNK_ELEMENTS", 40)      # 1 class per chunk, then 2, ...
+    assert torch.autograd.gradcheck(bilinear.bilinear_tanh_scores, (x, y, u, c))
+    literal = torch.tanh(x[:, :, None, :] * y[:, None, :, :]) @ u + c
+    assert torch.allclose(bilinear.bilinear_tanh_scores(x, y, u, c), literal)
+    with torch.no_grad():                                    # no graph, same numbers
+        assert torch.allclose(bilinear.bilinear_tanh_scores(x, y, u, c), literal)
+
+
+def test_semantic_decoupling_equals_the_released_two_layer_form(monkeypatch):
+    from mlrpl.models import bilinear
+    torch.manual_seed(0)
+    monkeypatch.setattr(bilinear, "CHUNK_ELEMENTS", 500)     # several chunks
+    sd = SemanticDecoupling(dim=16, embed_dim=7, attention_dim=8).double()
+    f = torch.randn(3, 9, 16, dtype=torch.float64)
+    words = torch.randn(11, 7, dtype=torch.float64)
+    ours, ref = sd.scores(f, words), sd.reference(f, words)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    g = torch.randn_like(ours)
+    got = torch.autograd.grad((ours * g).sum(), list(sd.parameters()))
+    want = torch.autograd.grad((ref * g).sum(), list(sd.parameters()))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_top_k_graph_keeps_each_rows_largest_entries_and_k_equal_c_is_the_graph():
+    from mlrpl.data.stats import cooccurrence_graph, sparse_graph, top_k_neighbours
+    rng = np.random.default_rng(0)
+    full = np.where(rng.random((300, 80)) < 0.1, 1, -1)
+    partial = np.where(rng.random((300, 80)) < 0.5, full, 0)
+    g = cooccurrence_graph(partial)
+    for k in (None, 79, 80, 500):
+        assert np.array_equal(sparse_graph(g, k), g)
+    s = sparse_graph(g, 5)
+    assert np.array_equal(np.diag(s), np.diag(g))
+    mask = top_k_neighbours(g, 5)
+    assert (mask.sum(1) == 5).all() and not mask.diagonal().any()
+    off = np.where(np.eye(80, dtype=bool), -np.inf, g)
+    for i in range(80):   # every kept entry >= every dropped one in its row
+        kept, dropped = off[i][mask[i]], off[i][~mask[i] & ~np.eye(80, dtype=bool)[i]]
+        assert kept.min() >= dropped.max()
+    with pytest.raises(ValueError, match="k >= 1"):
+        top_k_neighbours(g, 0)
+
+
+def _trunk(num_classes, graph, **cfg):
+    torch.manual_seed(0)
+    words = np.random.default_rng(1).normal(size=(num_classes, 5))
+    return SARLTrunk(SARLConfig(dim=8, attention_dim=4, **cfg), 12, num_classes, graph, words, 5)
+
+
+def test_trunk_with_k_equal_c_gives_the_dense_graphs_outputs_at_80_classes():
+    from mlrpl.data.stats import cooccurrence_graph, sparse_graph
+    rng = np.random.default_rng(0)
+    full = np.where(rng.random((200, 80)) < 0.15, 1, -1)
+    g = cooccurrence_graph(np.where(rng.random((200, 80)) < 0.5, full, 0))
+    maps = torch.randn(2, 12, 6, 6)
+    dense = _trunk(80, g, refine_classes=None)(maps)["logits"]
+    for k in (80, 79):
+        out = _trunk(80, sparse_graph(g, k), graph_k=k, refine_classes=None)(maps)["logits"]
+        assert torch.equal(out, dense)
+    sparse = _trunk(80, sparse_graph(g, 4), graph_k=4, refine_classes=None)(maps)["logits"]
+    assert not torch.allclose(sparse, dense)
+
+
+def test_refining_every_class_is_the_graph_network_and_fewer_keep_the_others_plain():
+    torch.manual_seed(0)
+    g = torch.rand(10, 10)
+    ggnn = GatedGraph(dim=6, steps=2)
+    h = torch.randn(3, 10, 6)
+    perm = torch.stack([torch.randperm(10) for _ in range(3)])
+    refined = ggnn.refine(h, g, perm)
+    assert torch.allclose(refined, ggnn(h, g).gather(1, perm[..., None].expand(-1, -1, 6)),
+                          atol=1e-6)
+    # the trunk: R >= C is today's head; R < C refines each image's R best pre-graph scores
+    graph = np.random.default_rng(0).random((10, 10)).astype(np.float32)
+    maps = torch.randn(3, 12, 6, 6)
+    whole = _trunk(10, graph, refine_classes=None)
+    assert torch.equal(_trunk(10, graph, refine_classes=10)(maps)["logits"], whole(maps)["logits"])
+    part = _trunk(10, graph, refine_classes=3)
+    out = part(maps)
+    sem = out["semantic"]
+    w, d = part.fc_o.weight, sem.shape[-1]
+    plain = part.classifier(torch.tanh(sem @ (w[:, :d] + w[:, d:]).t() + part.fc_o.bias))
+    idx = plain.topk(3, dim=1).indices
+    chosen = torch.zeros(3, 10, dtype=torch.bool).scatter(1, idx, True)
+    assert torch.allclose(out["logits"][~chosen], plain[~chosen], atol=1e-6)
+    assert torch.equal(out["nodes"][~chosen], sem[~chosen])
+    # a refined class's logit is the head on its refined node and its semantic feature
+    nodes = part.ggnn.refine(sem, part.graph, idx)
+    o = torch.tanh(part.fc_o(torch.cat([nodes, sem.gather(1, idx[..., None].expand(-1, -1, d))], -1)))
+    want = (o * part.classifier.weight[idx]).sum(-1) + part.classifier.bias[idx]
+    assert torch.allclose(out["logits"].gather(1, idx), want, atol=1e-6)
+    out["logits"].sum().backward()
+    assert part.ggnn.wz.weight.grad.abs().sum() > 0 and part.classifier.weight.grad.abs().sum() > 0

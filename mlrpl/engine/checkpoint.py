@@ -26,6 +26,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     ckpt = safe_torch_load(path, "mlrpl checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise MlrplError(f"{path}: not an mlrpl checkpoint (expected format {FORMAT!r})")
+    if isinstance(ckpt.get("config"), dict):   # a model saved before a key keeps its behaviour
+        from mlrpl.config import with_earlier_values
+        ckpt["config"] = with_earlier_values(ckpt["config"])
     return ckpt
 
 

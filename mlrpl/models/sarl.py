@@ -24,9 +24,11 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mlrpl.data.stats import cooccurrence_graph
+from mlrpl.data.stats import cooccurrence_graph, sparse_graph
+from mlrpl.models.bilinear import bilinear_tanh_scores
 
 
 @dataclass
@@ -36,10 +38,24 @@ class SARLConfig:
     reduce: bool = True               # 1x1 conv C_f -> D + BatchNorm (False: D = C_f)
     attention_dim: int = 512          # the semantic-decoupling intermediate size
     ggnn_steps: int = 3               # T
+    # k: neighbours each class keeps in the label graph, its top-k co-occurring classes (null:
+    # every class, the dense graph); sst's and hst's pair head scores the same pairs
+    graph_k: Optional[int] = 32
+    # R: per image, the graph network refines the R classes with the highest pre-graph score;
+    # the others keep their semantic features as nodes (null: every class)
+    refine_classes: Optional[int] = 128
 
 
 class SemanticDecoupling(nn.Module):
-    """Class-specific attention guided by word vectors (SSGRL's semantic decoupling)."""
+    """Class-specific attention guided by word vectors (SSGRL's semantic decoupling).
+
+    e_{c,h} = w_a^T (W_3 tanh(W_1 f_h ⊙ W_2 x_c) + b_3) + b_a. The last two layers are linear
+    with nothing between them, so they are applied as the one vector W_3^T w_a and the constant
+    w_a^T b_3 + b_a: the same function and the same gradients for every parameter, without the
+    (B·C·HW) x A x A matrix product (A = ``attention_dim``) that made the step grow with C·A²;
+    the remaining (B, C, HW, A) tanh is streamed over chunks of classes
+    (:func:`~mlrpl.models.bilinear.bilinear_tanh_scores`). :meth:`reference` is the literal form.
+    """
 
     def __init__(self, dim: int, embed_dim: int, attention_dim: int):
         super().__init__()
@@ -48,13 +64,22 @@ class SemanticDecoupling(nn.Module):
         self.w3 = nn.Linear(attention_dim, attention_dim)
         self.wa = nn.Linear(attention_dim, 1)
 
-    def forward(self, f: torch.Tensor, words: torch.Tensor):
-        """f (B, HW, D), words (C, E) -> semantic (B, C, D), attention (B, C, HW)."""
+    def scores(self, f: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """f (B, HW, D), words (C, E) -> e (B, C, HW), before the softmax over positions."""
         a = self.w1(f)                                   # (B, HW, A)
         b = self.w2(words)                               # (C, A)
-        u = self.w3(torch.tanh(a[:, None, :, :] * b[None, :, None, :]))   # (B, C, HW, A)
-        e = self.wa(u).squeeze(-1)                       # (B, C, HW)
-        att = torch.softmax(e, dim=-1)
+        u = (self.wa.weight @ self.w3.weight)[0]         # (A,)
+        const = (self.wa.weight @ self.w3.bias + self.wa.bias)[0]
+        return bilinear_tanh_scores(b[None].expand(a.shape[0], -1, -1), a, u, const)
+
+    def reference(self, f: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` as released: W_3 and w_a applied one after the other."""
+        u = self.w3(torch.tanh(self.w1(f)[:, None, :, :] * self.w2(words)[None, :, None, :]))
+        return self.wa(u).squeeze(-1)
+
+    def forward(self, f: torch.Tensor, words: torch.Tensor):
+        """f (B, HW, D), words (C, E) -> semantic (B, C, D), attention (B, C, HW)."""
+        att = torch.softmax(self.scores(f, words), dim=-1)
         return att @ f, att                              # (B, C, D)
 
 
@@ -67,16 +92,34 @@ class GatedGraph(nn.Module):
         self.wz, self.wr, self.wh = (nn.Linear(2 * dim, dim) for _ in range(3))
         self.uz, self.ur, self.uh = (nn.Linear(dim, dim) for _ in range(3))
 
+    def update(self, h: torch.Tensor, msg: torch.Tensor) -> torch.Tensor:
+        """One gated step of the nodes ``h`` (..., D) given their messages ``msg`` (..., 2D)."""
+        z = torch.sigmoid(self.wz(msg) + self.uz(h))
+        r = torch.sigmoid(self.wr(msg) + self.ur(h))
+        cand = torch.tanh(self.wh(msg) + self.uh(r * h))
+        return (1 - z) * h + z * cand
+
     def forward(self, h: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
         """h (B, C, D), graph (C, C) -> (B, C, D)."""
         a_in, a_out = graph, graph.t()
         for _ in range(self.steps):
-            msg = torch.cat([a_in @ h, a_out @ h], dim=-1)          # (B, C, 2D)
-            z = torch.sigmoid(self.wz(msg) + self.uz(h))
-            r = torch.sigmoid(self.wr(msg) + self.ur(h))
-            cand = torch.tanh(self.wh(msg) + self.uh(r * h))
-            h = (1 - z) * h + z * cand
+            h = self.update(h, torch.cat([a_in @ h, a_out @ h], dim=-1))   # messages (B, C, 2D)
         return h
+
+    def refine(self, h: torch.Tensor, graph: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The same T steps for the listed nodes only: h (B, C, D), idx (B, R) long -> their
+        states (B, R, D). Every other node keeps its input state and still sends it as a
+        message; a listed node's message sums over all its neighbours, listed or not. Cost
+        B·R·(C + D)·D per step instead of B·C·(C + D)·D. With every node listed it is
+        :meth:`forward` (rows in the order of ``idx``)."""
+        d = h.shape[-1]
+        rows = idx[..., None].expand(-1, -1, d)
+        a_in, a_out = graph[idx], graph.t()[idx]                     # (B, R, C) rows of A, A^T
+        sel = h.gather(1, rows)
+        for _ in range(self.steps):
+            full = h.scatter(1, rows, sel)
+            sel = self.update(sel, torch.cat([a_in @ full, a_out @ full], dim=-1))
+        return sel
 
 
 class ElementWiseClassifier(nn.Module):
@@ -127,10 +170,26 @@ class SARLTrunk(nn.Module):
     def classify(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic features (B, C, D) -> (logits (B, C), nodes (B, C, D)).
 
+        With ``refine_classes`` R below C, each image's R classes with the highest pre-graph
+        score go through the graph network; the others keep their semantic feature as node
+        (h^T = h^0 = F_c) and their pre-graph score as logit. The pre-graph score of a class is
+        the head on [F_c ; F_c], what it gives a node the graph leaves as it was.
         Blending methods call this on modified semantic features."""
-        nodes = self.ggnn(semantic, self.graph)
-        o = torch.tanh(self.fc_o(torch.cat([nodes, semantic], dim=-1)))
-        return self.classifier(o), nodes
+        r = self.cfg.refine_classes
+        c = semantic.shape[1]
+        if r is None or int(r) >= c:
+            nodes = self.ggnn(semantic, self.graph)
+            o = torch.tanh(self.fc_o(torch.cat([nodes, semantic], dim=-1)))
+            return self.classifier(o), nodes
+        d = semantic.shape[-1]
+        w = self.fc_o.weight
+        plain = self.classifier(torch.tanh(F.linear(semantic, w[:, :d] + w[:, d:], self.fc_o.bias)))
+        idx = plain.detach().topk(int(r), dim=1).indices                      # (B, R)
+        rows = idx[..., None].expand(-1, -1, d)
+        refined = self.ggnn.refine(semantic, self.graph, idx)                # (B, R, D)
+        o = torch.tanh(self.fc_o(torch.cat([refined, semantic.gather(1, rows)], dim=-1)))
+        s = (o * self.classifier.weight[idx]).sum(-1) + self.classifier.bias[idx]
+        return plain.scatter(1, idx, s), semantic.scatter(1, rows, refined)
 
     def forward(self, maps: torch.Tensor) -> dict:
         out = self.encode(maps)
@@ -168,6 +227,7 @@ def trunk_for(cfg: SARLConfig, ctx) -> "SARLTrunk":
     the label graph from the *partial* training labels (docs/methods/sarl.md#equations; a class
     without a known positive: docs/methods/sarl.md D1), the word vectors from the label
     embeddings."""
-    graph = None if ctx.partial_labels is None else cooccurrence_graph(ctx.partial_labels)
+    graph = (None if ctx.partial_labels is None
+             else sparse_graph(cooccurrence_graph(ctx.partial_labels), cfg.graph_k))
     return SARLTrunk(cfg, ctx.feature_channels, ctx.num_classes, graph, ctx.embeddings,
                      ctx.embedding_dim("trunk.words"))
