@@ -368,7 +368,8 @@ def resolved(cfg: DictConfig) -> dict:
 # Keys added after runs were recorded whose default computes something else than those runs did:
 # a record (config.yaml, a checkpoint's config) without them gets the value that reproduces it.
 # Today: the SARL trunk's top-k label graph and refined classes, dense in earlier records.
-EARLIER_VALUES = {("method", "trunk"): {"graph_k": None, "refine_classes": None}}
+EARLIER_VALUES = {("method", "trunk"): {"graph_k": None, "refine_classes": None,
+                                        "refine_all_up_to": 128}}
 
 
 def with_earlier_values(config: dict) -> dict:
@@ -376,7 +377,7 @@ def with_earlier_values(config: dict) -> dict:
     behaviour it was recorded with. Returns a new dict; ``config`` is not changed.
 
     >>> with_earlier_values({"method": {"name": "ssgrl", "trunk": {"dim": 8}}})["method"]["trunk"]
-    {'graph_k': None, 'refine_classes': None, 'dim': 8}
+    {'graph_k': None, 'refine_classes': None, 'refine_all_up_to': 128, 'dim': 8}
     """
     if not isinstance(config, dict):
         return config

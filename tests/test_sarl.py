@@ -170,8 +170,9 @@ def test_refining_every_class_is_the_graph_network_and_fewer_keep_the_others_pla
     graph = np.random.default_rng(0).random((10, 10)).astype(np.float32)
     maps = torch.randn(3, 12, 6, 6)
     whole = _trunk(10, graph, refine_classes=None)
-    assert torch.equal(_trunk(10, graph, refine_classes=10)(maps)["logits"], whole(maps)["logits"])
-    part = _trunk(10, graph, refine_classes=3)
+    for kw in ({"refine_classes": 10, "refine_all_up_to": 2}, {"refine_classes": 3}):   # R >= C, C <= the bound
+        assert torch.equal(_trunk(10, graph, **kw)(maps)["logits"], whole(maps)["logits"])
+    part = _trunk(10, graph, refine_classes=3, refine_all_up_to=2)
     out = part(maps)
     sem = out["semantic"]
     w, d = part.fc_o.weight, sem.shape[-1]

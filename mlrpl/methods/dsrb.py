@@ -77,7 +77,8 @@ class DSRB(Method):
         eligible = (target == 0) & protos.any[None]
         chosen, rows = draw_classes(eligible)
         shift = torch.randint(1, 4, (len(chosen),)).to(chosen.device)
-        own = peak_quadrant(out["attention"].detach(), out["positions"].detach(), out["spatial"])
-        own = own.gather(1, chosen[:, None])[:, 0]
+        # the peak quadrant of each image's chosen class only (O(B HW), not O(B C HW))
+        att = out["attention"].detach()[torch.arange(len(chosen), device=chosen.device), chosen]
+        own = peak_quadrant(att[:, None], out["positions"].detach(), out["spatial"])[:, 0]
         other = (own - shift) % 4
         return chosen, rows, protos.centres[chosen, other]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from mlrpl.losses import instance_contrastive, zero_loss
 from mlrpl.methods.components.memory_bank import MemoryBank
 from mlrpl.methods.base import Method, register_method
@@ -74,10 +72,8 @@ class SST(Method):
         if not active:
             return out
         # Pseudo-labels score against the bank with this batch pushed (the released order: the
-        # bank is updated before pseudo-labelling); update_state pushes it for real.
-        with torch.no_grad():
-            bank, _, _ = self.bank.pushed(semantic, target)
-            q_inter = self.bank.scores(semantic.detach(), bank)
+        # bank is updated before pseudo-labelling), a preview; update_state pushes it for real.
+        q_inter = self.bank.scores(semantic, target)
         out["pl_intra"] = rule.positives(out, "intra", q_intra, target, epoch)
         out["pl_inter"] = rule.positives(out, "inter", q_inter, target, epoch)
         return out

@@ -42,8 +42,10 @@ class SARLConfig:
     # every class, the dense graph); sst's and hst's pair head scores the same pairs
     graph_k: Optional[int] = 32
     # R: per image, the graph network refines the R classes with the highest pre-graph score;
-    # the others keep their semantic features as nodes (null: every class)
-    refine_classes: Optional[int] = 128
+    # the others keep their semantic features as nodes (null: every class) ...
+    refine_classes: Optional[int] = 32
+    # ... in vocabularies of more than this many classes (up to it: every class, as released)
+    refine_all_up_to: int = 128
 
 
 class SemanticDecoupling(nn.Module):
@@ -170,14 +172,14 @@ class SARLTrunk(nn.Module):
     def classify(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic features (B, C, D) -> (logits (B, C), nodes (B, C, D)).
 
-        With ``refine_classes`` R below C, each image's R classes with the highest pre-graph
-        score go through the graph network; the others keep their semantic feature as node
-        (h^T = h^0 = F_c) and their pre-graph score as logit. The pre-graph score of a class is
+        With ``refine_classes`` R below C and C above ``refine_all_up_to``, each image's R
+        classes with the highest pre-graph score go through the graph network; the others keep
+        their semantic feature as node (h^T = h^0 = F_c) and their pre-graph score as logit. The pre-graph score of a class is
         the head on [F_c ; F_c], what it gives a node the graph leaves as it was.
         Blending methods call this on modified semantic features."""
         r = self.cfg.refine_classes
         c = semantic.shape[1]
-        if r is None or int(r) >= c:
+        if r is None or int(r) >= c or c <= int(self.cfg.refine_all_up_to):
             nodes = self.ggnn(semantic, self.graph)
             o = torch.tanh(self.fc_o(torch.cat([nodes, semantic], dim=-1)))
             return self.classifier(o), nodes
@@ -207,12 +209,14 @@ class SARLTrunk(nn.Module):
 # Recipes of every SARL-trunk method (docs/decisions.md, "CPU presets of the SARL-trunk methods";
 # docs/methods/README.md#training-recipe, docs/methods/sarl.md#hyper-parameters): on cached CPU
 # features a CPU-sized trunk with Adam 1e-3 for 12 epochs; in the authors' recipe the
-# D = 1024 trunk on 2x2-pooled, reduced ResNet-101 maps.
+# D = 1024 trunk on 2x2-pooled, reduced ResNet-101 maps with the released head (dense graph,
+# every class refined).
 SARL_RECIPES = {
     "cpu-cached": ["method.trunk.dim=256", "method.trunk.attention_dim=128", "optim.lr=0.001",
                    "train.epochs=12"],
     "hcp": ["method.trunk.pool=true", "method.trunk.dim=1024", "method.trunk.reduce=true",
-            "method.trunk.attention_dim=512", "method.trunk.ggnn_steps=3"],
+            "method.trunk.attention_dim=512", "method.trunk.ggnn_steps=3",
+            "method.trunk.graph_k=null", "method.trunk.refine_classes=null"],
 }
 
 

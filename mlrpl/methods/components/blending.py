@@ -55,12 +55,21 @@ def instance_selection(target: torch.Tensor) -> torch.Tensor:
     return (target == 0) & (target.flip(0) > 0)
 
 
+def instance_entries(semantic: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor):
+    """ILRB / IPRB on the blended entries only. semantic (B, C, D), target (B, C), alpha scalar
+    -> (selected (B, C) bool, images (n,), classes (n,), features (n, D)): the n selected entries
+    in row-major order and F~_nc = α F_nc + (1-α) F_partner,c for each (O(n D), not O(B C D))."""
+    sel = instance_selection(target)
+    n, c = sel.nonzero(as_tuple=True)
+    partner = semantic.shape[0] - 1 - n
+    return sel, n, c, alpha * semantic[n, c] + (1 - alpha) * semantic[partner, c]
+
+
 def instance_blend(semantic: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor):
     """ILRB / IPRB. semantic (B, C, D), target (B, C), alpha scalar in [0, 1] ->
     (blended (B, C, D), selected (B, C) bool, soft targets (B, C) float)."""
-    sel = instance_selection(target)
-    mixed = alpha * semantic + (1 - alpha) * semantic.flip(0)
-    blended = torch.where(sel[..., None], mixed, semantic)
+    sel, n, c, values = instance_entries(semantic, target, alpha)
+    blended = semantic.index_put((n, c), values)
     return blended, sel, soft_targets(target, sel, 1 - alpha)
 
 
@@ -73,16 +82,27 @@ def draw_classes(eligible: torch.Tensor):
     return r.argmax(1), eligible.any(1)
 
 
+def prototype_entries(semantic: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor,
+                      rows: torch.Tensor, prototypes: torch.Tensor, beta: torch.Tensor):
+    """PLRB / PPRB on the blended entries only: F^_n,c* = β F_n,c* + (1-β) p_n for the images
+    ``rows``. chosen (B,) class per image, rows (B,) bool, prototypes (B, D) -> (selected (B, C)
+    bool, images (n,), classes (n,), features (n, D))."""
+    n = rows.nonzero().flatten()
+    c = chosen[n]
+    sel = torch.zeros_like(target, dtype=torch.bool)
+    sel[n, c] = True
+    values = beta * semantic[n, c] + (1 - beta) * prototypes[n].to(semantic.dtype)
+    return sel, n, c, values
+
+
 def prototype_blend(semantic: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor,
                     rows: torch.Tensor, prototypes: torch.Tensor, beta: torch.Tensor):
     """PLRB / PPRB in the pooled form: F^_n,c* = β F_n,c* + (1-β) p_n for the images ``rows``.
 
     semantic (B, C, D), target (B, C), chosen (B,) class per image, rows (B,) bool, prototypes
     (B, D) the prototype each image blends with -> (blended, selected (B, C) bool, soft targets)."""
-    sel = torch.zeros_like(target, dtype=torch.bool)
-    sel[torch.arange(len(chosen), device=chosen.device), chosen] = rows
-    mixed = beta * semantic + (1 - beta) * prototypes[:, None, :].to(semantic.dtype)
-    blended = torch.where(sel[..., None], mixed, semantic)
+    sel, n, c, values = prototype_entries(semantic, target, chosen, rows, prototypes, beta)
+    blended = semantic.index_put((n, c), values)
     return blended, sel, soft_targets(target, sel, 1 - beta)
 
 
@@ -215,9 +235,11 @@ def blending_forward(self, features, batch=None):
         return out
     alpha, beta = self.coefficients()
     semantic = out["semantic"]
-    blends = {"instance": instance_blend(semantic, target, alpha)}
+    sel, n, c, values = instance_entries(semantic, target, alpha)
+    blends = {"instance": (sel, n, c, values, soft_targets(target, sel, 1 - alpha))}
     chosen, rows, protos = self.prototype_choice(out, target)
-    blends["prototype"] = prototype_blend(semantic, target, chosen, rows, protos, beta)
+    sel, n, c, values = prototype_entries(semantic, target, chosen, rows, protos, beta)
+    blends["prototype"] = (sel, n, c, values, soft_targets(target, sel, 1 - beta))
     blended_forward(self, out, blends, target)
     return out
 
@@ -226,12 +248,27 @@ def blended_forward(self, out, blends: dict, target):
     """Graph network + classifier on the blends, in one call over only the images a blend
     changed: an image none of whose features were blended keeps its plain logits (the same
     numbers, from the same graph), so its rows need no second pass. Exact: the graph
-    network and the classifier act on each image alone (no batch statistics)."""
-    rows = {m: sel.any(1).nonzero().flatten() for m, (_, sel, _) in blends.items()}
-    stacked = [blends[m][0][rows[m]] for m in blends]
-    new = (self.trunk.classify(torch.cat(stacked))[0].split([len(rows[m]) for m in blends])
-           if sum(len(r) for r in rows.values()) else [None] * len(blends))
-    for (module, (_, sel, soft)), logits in zip(blends.items(), new):
+    network and the classifier act on each image alone (no batch statistics).
+
+    ``blends``: module -> (selected (B, C) bool, images (n,), classes (n,), blended features
+    (n, D), soft targets (B, C)), as :func:`instance_entries` / :func:`prototype_entries` give
+    them. The changed images' features are gathered once and the blended entries written into
+    that copy: no (B, C, D) blend of the whole batch is formed."""
+    semantic = out["semantic"]
+    rows = {m: sel.any(1).nonzero().flatten() for m, (sel, *_) in blends.items()}
+    sizes = [len(r) for r in rows.values()]
+    new = [None] * len(blends)
+    if sum(sizes):
+        stacked = semantic[torch.cat(list(rows.values()))]              # (R, C, D), a copy
+        at, cls, values, offset = [], [], [], 0
+        for (module, (_, n, c, v, _)), size in zip(blends.items(), sizes):
+            at.append(offset + torch.searchsorted(rows[module], n))     # n is among the rows
+            cls.append(c)
+            values.append(v)
+            offset += size
+        stacked = stacked.index_put_((torch.cat(at), torch.cat(cls)), torch.cat(values))
+        new = self.trunk.classify(stacked)[0].split(sizes)
+    for (module, (sel, _, _, _, soft)), logits in zip(blends.items(), new):
         out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
                                    if len(rows[module]) else out["logits"])
         out[f"soft_{module}"] = soft

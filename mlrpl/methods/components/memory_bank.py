@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlrpl.utils import dist
-from mlrpl.methods.components.prototypes import cosine_to_mean
 
 
 class MemoryBank(nn.Module):
@@ -28,28 +27,8 @@ class MemoryBank(nn.Module):
         self.register_buffer("features", torch.zeros(num_classes, size, dim))
         self.register_buffer("head", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
-
-    @torch.no_grad()
-    def pushed(self, semantic: torch.Tensor, target: torch.Tensor):
-        """(features, head, count) after pushing the known positives of a batch (semantic
-        (B, C, D), target (B, C)), as new tensors: the bank itself is not changed."""
-        b, c = (target > 0).nonzero(as_tuple=True)          # image-major: batch order per class
-        return self._push(semantic.detach()[b, c].float(), c)
-
-    def _push(self, feats: torch.Tensor, c: torch.Tensor):
-        features, head, count = self.features, self.head, self.count
-        if c.numel() == 0:
-            return features, head, count
-        num_classes, e = features.shape[:2]
-        onehot = F.one_hot(c, num_classes)
-        rank = (onehot.cumsum(0) - 1).gather(1, c[:, None]).squeeze(1)   # order within class
-        n = onehot.sum(0)
-        new_head = (head - n) % e
-        keep = rank < e
-        slot = (new_head[c] + rank) % e
-        features = features.clone()
-        features[c[keep], slot[keep]] = feats[keep].to(features.dtype)
-        return features, new_head, (count + n).clamp(max=e)
+        self._means: torch.Tensor | None = None   # (C, D), see :meth:`means`
+        self._means_key: tuple | None = None
 
     @torch.no_grad()
     def update(self, semantic: torch.Tensor, target: torch.Tensor) -> None:
@@ -61,10 +40,35 @@ class MemoryBank(nn.Module):
         feats = semantic.detach()[b, c].float()
         if dist.is_dist():
             feats, c = dist.all_gather_varlen(feats), dist.all_gather_varlen(c)
-        features, head, count = self._push(feats, c)
-        self.features.copy_(features)
+        if c.numel() == 0:
+            return
+        fresh = self._means_key == self._key()
+        touched, rows, head, count = self._push(feats, c)
+        self.features[touched] = rows
         self.head.copy_(head)
         self.count.copy_(count)
+        if fresh:   # only the pushed classes' means change
+            self._means[touched] = class_means(rows)
+        else:
+            self._means = class_means(self.features)
+        self._means_key = self._key()
+
+    def _push(self, feats: torch.Tensor, c: torch.Tensor):
+        """Push ``feats`` (N, D) of classes ``c`` (N,), N >= 1 -> (touched classes (n,), their
+        rows after the push (n, E, D), head (C,), count (C,)), new tensors: the bank is not
+        changed. Work and memory: O(n E D) for the n classes pushed to, not O(C E D)."""
+        features, head, count = self.features, self.head, self.count
+        e = features.shape[1]
+        touched, local = torch.unique(c, return_inverse=True)       # sorted classes, (N,) -> n
+        onehot = F.one_hot(local, touched.shape[0])
+        rank = (onehot.cumsum(0) - 1).gather(1, local[:, None]).squeeze(1)   # order within class
+        n = torch.zeros_like(count).index_add_(0, touched, onehot.sum(0))
+        new_head = (head - n) % e
+        keep = rank < e
+        slot = (new_head[c] + rank) % e
+        rows = features[touched]
+        rows[local[keep], slot[keep]] = feats[keep].to(features.dtype)
+        return touched, rows, new_head, (count + n).clamp(max=e)
 
     def ordered(self, c: int) -> torch.Tensor:
         """The filled entries of class c, newest first: (count_c, D)."""
@@ -73,11 +77,44 @@ class MemoryBank(nn.Module):
         slots = (self.head[c] + torch.arange(k, device=self.head.device)) % e
         return self.features[c, slots]
 
-    def scores(self, semantic: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def _key(self) -> tuple:
+        """What the cached class means were computed from: the bank tensor and its version
+        (any in-place change of it, loading a checkpoint included, makes them stale)."""
+        return self.features.data_ptr(), self.features._version, self.features.device
+
+    @torch.no_grad()
+    def means(self) -> torch.Tensor:
+        """(C, D): per class, the mean over all E slots of the normalised entries (empty slots
+        count 0). :meth:`update` keeps them (patching the classes it pushes to); when the bank
+        changed since (loaded, written to, never pushed to), they are computed afresh and not
+        kept: scoring changes no state."""
+        if self._means_key == self._key():
+            return self._means
+        return class_means(self.features)
+
+    @torch.no_grad()
+    def scores(self, semantic: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """q^inter (B, C): the mean over all E slots of cos(F_c, bank_c,e); empty (zero) slots
-        contribute 0, as released. ``features``: a bank from :meth:`pushed` instead of this one."""
-        features = self.features if features is None else features
-        c, e = features.shape[:2]
-        weight = torch.ones(c, e, device=semantic.device)
-        return cosine_to_mean(semantic, features, weight,
-                              torch.full((c,), float(e), device=semantic.device))
+        contribute 0, as released. With ``target`` (B, C): against the bank with the known
+        positives of this batch (``semantic`` (B, C, D)) pushed, a preview (the bank itself is
+        not changed) that recomputes the means of the classes pushed to only."""
+        means = self.means()
+        if target is not None:
+            b, c = (target > 0).nonzero(as_tuple=True)
+            if c.numel():
+                touched, rows, _, _ = self._push(semantic.detach()[b, c].float(), c)
+                means = means.clone()
+                means[touched] = class_means(rows)
+        fn = F.normalize(semantic.float(), dim=-1, eps=1e-9)
+        return (fn * means[None]).sum(-1)
+
+
+def class_means(features: torch.Tensor, chunk: int = 2 ** 22) -> torch.Tensor:
+    """(n, E, D) bank rows -> (n, D): the mean over the E slots of the normalised entries (a
+    zero slot stays 0), as :func:`~mlrpl.methods.components.prototypes.cosine_to_mean` averages
+    its references; a few rows at a time (about ``chunk`` values), so that the whole bank is
+    never normalised at once."""
+    e, d = features.shape[1:]
+    rows = max(1, chunk // (e * d))
+    return torch.cat([F.normalize(part.float(), dim=-1, eps=1e-9).sum(1) / e
+                      for part in features.split(rows)])

@@ -29,6 +29,16 @@ def kmeans_seed(seed: int, epoch: int) -> int:
     return int((int(seed) * 1_000_003 + int(epoch) * 7919) % 2**32)
 
 
+def class_slices(classes: np.ndarray, num_classes: int):
+    """Rows of each class, grouped once: (order, bounds) with ``order[bounds[c]:bounds[c + 1]]``
+    the rows of class c in their original order (a stable sort: O(N log N) once, instead of a
+    pass over all N rows per class)."""
+    classes = np.asarray(classes)
+    order = np.argsort(classes, kind="stable")
+    bounds = np.searchsorted(classes[order], np.arange(num_classes + 1), side="left")
+    return order, bounds
+
+
 def kmeans_prototypes(features: np.ndarray, classes: np.ndarray, num_classes: int, k: int,
                       random_state: int, n_init: int = 10, show_progress=None):
     """Per-class K-means centres of known-positive features.
@@ -38,48 +48,61 @@ def kmeans_prototypes(features: np.ndarray, classes: np.ndarray, num_classes: in
     features : (N, D) float, classes : (N,) int -- one row per known-positive (image, class)
     k : clusters per class; a class with n < k features gets n clusters, one with none gets none
 
+    Each class's K-means runs on one OpenMP thread: scikit-learn's Lloyd iterations split the
+    rows into chunks of 256 over its threads, and on the small per-class problems the threads
+    cost far more than they share (on two busy cores, ten to twenty times the single-threaded
+    time). A class with at most 256 rows gets the same centres whatever the thread count (one
+    chunk); a larger one used to depend on the machine's thread count (the order the chunks'
+    sums are added in), and is now the same on every machine.
+
     Returns
     -------
     prototypes (C, k, D) float32 tensor (zero rows where invalid), valid (C, k) bool tensor
     """
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
     features = np.asarray(features, dtype=np.float32)
     classes = np.asarray(classes)
     dim = features.shape[1] if features.ndim == 2 else 0
     protos = np.zeros((num_classes, k, dim), dtype=np.float32)
     valid = np.zeros((num_classes, k), dtype=bool)
-    for c in progress(range(num_classes), desc="k-means per class", enable=show_progress):
-        x = features[classes == c]
-        if len(x) == 0:
-            continue
-        n_clusters = min(k, len(x))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points
-            km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state).fit(x)
-        protos[c, :n_clusters] = km.cluster_centers_
-        valid[c, :n_clusters] = True
+    order, bounds = class_slices(classes, num_classes)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for c in progress(range(num_classes), desc="k-means per class", enable=show_progress):
+            if bounds[c + 1] == bounds[c]:
+                continue
+            x = features[order[bounds[c]:bounds[c + 1]]]
+            n_clusters = min(k, len(x))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points
+                km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state).fit(x)
+            protos[c, :n_clusters] = km.cluster_centers_
+            valid[c, :n_clusters] = True
     return torch.from_numpy(protos), torch.from_numpy(valid)
 
 
 @torch.no_grad()
-def collect_positive_features(ctx, key: str = "semantic") -> tuple[torch.Tensor, torch.Tensor]:
+def collect_positive_features(ctx, key="semantic") -> tuple[torch.Tensor, torch.Tensor]:
     """The per-class feature ``outputs[key][b, c]`` of every known-positive (image, class) of the
     training set, the model in evaluation mode, in dataset order (image, then class) whatever the
-    number of processes.
+    number of processes. ``key`` may be a tuple of keys: their per-class values ((B, C, d) or
+    (B, C)) are taken at the known positives only and put side by side, (N, Σ d).
 
     ``ctx`` is the :class:`~mlrpl.methods.base.EpochContext`: under DDP each process runs its
     shard; the pairs are all-gathered and the sampler's padding duplicates removed. Returns CPU
     tensors (features (N, D) float32, classes (N,) long)."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
     idx, cls, feats = [], [], []
     device = None
     for batch, outputs in ctx.eval_batches("prototype features"):
-        per_class = outputs[key]
-        device = per_class.device
+        device = outputs[keys[0]].device
         b, c = (batch["target"] > 0).nonzero(as_tuple=True)
         idx.append(batch["index"].long()[b].cpu())
         cls.append(c.cpu())
-        feats.append(per_class[b, c].float().cpu())
+        parts = [outputs[k][b, c].float() for k in keys]
+        feats.append((parts[0] if len(parts) == 1 else
+                      torch.cat([p.reshape(len(b), -1) for p in parts], 1)).cpu())
     dim = feats[0].shape[1] if feats else 0
     index = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
     classes = torch.cat(cls) if cls else torch.zeros(0, dtype=torch.long)
@@ -91,6 +114,8 @@ def collect_positive_features(ctx, key: str = "semantic") -> tuple[torch.Tensor,
     num_classes = int(ctx.partial_labels.shape[1])
     key_ = index * num_classes + classes
     _, first = np.unique(key_.numpy(), return_index=True)       # sorted by (image, class)
+    if len(first) == len(key_) and bool((first == np.arange(len(first))).all()):
+        return features, classes       # already in order, no duplicate: no copy
     first = torch.from_numpy(first)
     return features[first], classes[first]
 

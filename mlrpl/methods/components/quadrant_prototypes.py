@@ -22,7 +22,7 @@ from mlrpl.utils import dist, faults
 from mlrpl.methods.components.prototypes import Prototypes, collect_positive_features
 
 QUADRANTS = 4
-_KEY = "_quadrant_semantic"
+_KEY = "_quadrant"
 
 
 def peak_quadrant(attention: torch.Tensor, positions: torch.Tensor, spatial) -> torch.Tensor:
@@ -42,28 +42,45 @@ def quadrant_means(features: torch.Tensor, classes: torch.Tensor, quadrants: tor
 
     features (N, D), classes (N,), quadrants (N,) -> centres (C, 4, D), valid (C, 4) bool,
     occupancy (C, 4) long (known positives per quadrant, before the cap). ``shrink``: the
-    released per-quadrant mean that also counts its zero initial row (n / (n + 1))."""
+    released per-quadrant mean that also counts its zero initial row (n / (n + 1)).
+
+    The rows are grouped by (class, quadrant) once (a stable sort keeps the dataset order inside
+    a group), so the work is O(N log N + C D), not a pass over all N rows per class."""
     dim = features.shape[1] if features.ndim == 2 else 0
-    centres = torch.zeros(num_classes, QUADRANTS, dim)
-    valid = torch.zeros(num_classes, QUADRANTS, dtype=torch.bool)
-    occupancy = torch.zeros(num_classes, QUADRANTS, dtype=torch.long)
     features = features.float()
+    classes = torch.as_tensor(classes).long()
+    group = classes * QUADRANTS + torch.as_tensor(quadrants).long()
+    occupancy = torch.bincount(group, minlength=num_classes * QUADRANTS)
+    # the first ``cap`` rows of every group, grouped: group by group, dataset order inside
+    order = torch.sort(group, stable=True).indices
+    starts = occupancy.cumsum(0) - occupancy
+    kept = order[torch.arange(len(order)) - starts.repeat_interleave(occupancy) < cap]
+    counts = occupancy.clamp(max=cap).view(num_classes, QUADRANTS).tolist()
+    occupancy = occupancy.view(num_classes, QUADRANTS).clone()
+    means, slots, fallbacks, empty = [], [], [], []
+    at = 0
     for c in torch.unique(classes).tolist():
-        fc, qc = features[classes == c], quadrants[classes == c]
-        kept = []
+        fc = features[kept[at:at + sum(counts[c])]]        # the class's kept maps, by quadrant
+        at += len(fc)
+        i = 0
         for q in range(QUADRANTS):
-            fq = fc[qc == q]
-            occupancy[c, q] = len(fq)
-            fq = fq[:cap]
-            if len(fq):
-                centres[c, q] = fq.sum(0) / (len(fq) + 1) if shrink else fq.mean(0)
-                kept.append(fq)
-        fallback = torch.cat(kept).mean(0)
-        for q in range(QUADRANTS):
-            if occupancy[c, q] == 0:
-                centres[c, q] = fallback
-        valid[c] = True
-    return centres, valid, occupancy
+            n = counts[c][q]
+            if n:
+                fq = fc[i:i + n]
+                means.append(fq.sum(0) / (n + 1) if shrink else fq.mean(0))
+                slots.append(c * QUADRANTS + q)
+                i += n
+        missing = [c * QUADRANTS + q for q in range(QUADRANTS) if counts[c][q] == 0]
+        if missing:                                      # the mean of every map kept for the class
+            empty += missing
+            fallbacks += [fc.mean(0)] * len(missing)
+    centres = torch.zeros(num_classes * QUADRANTS, dim)
+    if means:
+        centres[torch.tensor(slots)] = torch.stack(means)
+    if fallbacks:
+        centres[torch.tensor(empty)] = torch.stack(fallbacks)
+    valid = (occupancy.sum(1) > 0)[:, None].expand(-1, QUADRANTS).clone()
+    return centres.view(num_classes, QUADRANTS, dim), valid, occupancy
 
 
 def pprb_map_form(maps: torch.Tensor, classes: torch.Tensor, num_classes: int, chosen_maps,
@@ -105,12 +122,12 @@ class QuadrantPrototypes(Prototypes):
         then the quadrant means on the main process, broadcast. Returns the positives seen."""
         def with_quadrant(desc):
             for batch, out in ctx.eval_batches(desc):
-                q = peak_quadrant(out["attention"], out["positions"], out["spatial"])
                 out = dict(out)
-                out[_KEY] = torch.cat([out["semantic"].float(), q[..., None].float()], -1)
+                out[_KEY] = peak_quadrant(out["attention"], out["positions"], out["spatial"])
                 yield batch, out
+        # the quadrant put beside each known positive's feature (taken at the positives only)
         feats, classes = collect_positive_features(
-            dataclasses.replace(ctx, eval_batches=with_quadrant), _KEY)
+            dataclasses.replace(ctx, eval_batches=with_quadrant), ("semantic", _KEY))
         faults.point("prototypes")
         feats = feats.reshape(-1, self.centres.shape[-1] + 1)
         quadrants = feats[:, -1].round().long()

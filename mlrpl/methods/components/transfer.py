@@ -13,11 +13,16 @@ first layer splits into ``fc1([g_i; g_j]) = A g_i + B g_j + b``, so ``u = A g + 
 ``u_i + v_j``: no (pairs x 2H) concatenation. The second layer is linear and followed by a
 linear read-out, so it folds into the pair weights (``W2^T w_p``, once per step, not per
 image). Pseudo-labelling needs P[c, j] only for the entries c it scores and the image's known
-positives j, i.e. sum_b |entries_b| x |K+_b| pairs instead of B x C(C-1)/2. The co-occurrence
-loss uses all pairs (``cooc_pairs: all``) or the known-positive pairs plus a uniform sample of
-the others (``cooc_pairs: sample``, docs/methods/sst.md D2). ``dense: true`` computes everything
-the literal way (all pairs, concatenated inputs): the reference the efficient path is tested
-against, and a benchmark baseline.
+positives j, i.e. at most sum_b |entries_b| x |K+_b| pairs instead of B x C(C-1)/2. The
+co-occurrence loss uses all pairs (``cooc_pairs: all``) or the known-positive pairs plus a uniform
+sample of the others (``cooc_pairs: sample``, docs/methods/sst.md D2). ``dense: true`` computes
+everything the literal way (all pairs, concatenated inputs): the reference the efficient path is
+tested against, and a benchmark baseline.
+
+Sparse pairs (docs/methods/sst.md D7). "All pairs" above are the pairs of the head's set: each
+class's ``trunk.graph_k`` most co-occurring classes in the training labels, symmetrised
+(:func:`ist_pairs`), about C x k pairs instead of C(C-1)/2; a pair outside the set has no weight
+and P_ij = 0. ``graph_k`` null (or >= C - 1) keeps every pair, the released head.
 
 **The threshold rules** turn an entry's two scores, intra-image q^intra and cross-image
 (q^inter from SST's memory bank, g from HST's prototypes), into positive pseudo-labels. One
@@ -44,10 +49,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlrpl.data.stats import cooccurrence_graph, top_k_neighbours
 from mlrpl.errors import ConfigError
 from mlrpl.losses import cooccurrence_focal, partial_bce, warmup_ramp, zero_loss
 from mlrpl.methods.components.pseudo_labels import (PseudoLabelQuality, SATLThresholdConfig,
@@ -98,7 +105,7 @@ def build_parts(self, cfg, ctx, own_rule: ThresholdRule) -> None:
     method's own) or, with ``thresholds: satl``, SATL's."""
     self.trunk = trunk_for(cfg.trunk, ctx)
     self.class_names = list(ctx.class_names)
-    self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim)
+    self.ist = IntraImageTransfer(cfg, ctx.num_classes, self.trunk.dim, head_pairs(cfg, ctx))
     self.quality = PseudoLabelQuality(PL_SOURCES, self.class_names, cfg.pl_stats_per_class)
     if cfg.thresholds not in ("own", "satl"):
         raise ConfigError(f"bad value for 'method.thresholds': {cfg.thresholds!r}; expected "
@@ -111,6 +118,19 @@ def build_parts(self, cfg, ctx, own_rule: ThresholdRule) -> None:
         self.distributions = ScoreDistributions(cfg.satl, PL_SOURCES, ctx.num_classes,
                                                 ctx.partial_labels)
         self.rule = DistributionThresholds(self.distributions, cfg.start_epoch)
+
+
+def head_pairs(cfg, ctx) -> Optional[torch.Tensor]:
+    """The IST head's pair set (2, P), or None for every pair: from the training labels and
+    ``trunk.graph_k`` (:func:`ist_pairs`); without labels (a model rebuilt to load a checkpoint),
+    a set of the size the checkpoint saved (its pairs replace it on loading), or every pair when
+    it saved none."""
+    if ctx.partial_labels is not None:
+        return ist_pairs(ctx.partial_labels, cfg.trunk.graph_k)
+    saved = (ctx.state_shapes or {}).get("ist.head.pair_ij")
+    if saved is None:
+        return None
+    return torch.triu_indices(ctx.num_classes, ctx.num_classes, 1)[:, :saved[-1]]
 
 
 def transfer_forward(self, features, batch=None):
@@ -334,14 +354,31 @@ class DistributionThresholds(ThresholdRule):
 
 
 # ---- the IST head ----------------------------------------------------------------------------
-def pair_index_matrix(num_classes: int) -> torch.Tensor:
-    """(C, C) long: the index of pair (i, j) in the i-major order of the i < j pairs
-    ((0,1), (0,2), ..., (1,2), ...), symmetric; -1 on the diagonal."""
-    iu = torch.triu_indices(num_classes, num_classes, 1)
-    idx = torch.full((num_classes, num_classes), -1, dtype=torch.long)
-    ar = torch.arange(iu.shape[1])
-    idx[iu[0], iu[1]] = ar
-    idx[iu[1], iu[0]] = ar
+def ist_pairs(partial_labels: np.ndarray, k: Optional[int]) -> Optional[torch.Tensor]:
+    """The class pairs the IST head scores (docs/methods/sst.md D7): (i, j), i < j, where j is
+    among i's ``k`` most co-occurring classes or i among j's
+    (:func:`~mlrpl.data.stats.top_k_neighbours` of the co-occurrence graph of the partial labels
+    (N, C), symmetrised), in i-major order. Returns
+    (2, P) long, or None when that is every pair (``k`` None or ``k >= C - 1``)."""
+    graph = cooccurrence_graph(partial_labels)
+    near = top_k_neighbours(graph, k)
+    kept = np.triu(near | near.T, 1)
+    c = graph.shape[0]
+    if int(kept.sum()) == c * (c - 1) // 2:
+        return None
+    return torch.from_numpy(np.stack(np.nonzero(kept))).long()
+
+
+def pair_index_matrix(num_classes: int, pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(C, C) long: the index of pair (i, j) in ``pairs`` (2, P) (None: every i < j pair in
+    i-major order, (0,1), (0,2), ..., (1,2), ...), symmetric; -1 on the diagonal and for the
+    pairs not listed."""
+    if pairs is None:
+        pairs = torch.triu_indices(num_classes, num_classes, 1)
+    idx = torch.full((num_classes, num_classes), -1, dtype=torch.long, device=pairs.device)
+    ar = torch.arange(pairs.shape[1], device=pairs.device)
+    idx[pairs[0], pairs[1]] = ar
+    idx[pairs[1], pairs[0]] = ar
     return idx
 
 
@@ -351,24 +388,64 @@ class CooccurrenceHead(nn.Module):
 
     Parameters are those of the literal formulation (``fc1`` acts on the concatenation), so that
     :meth:`dense_logits` (literal) and :meth:`pair_logits` (factorised) are the same function.
+
+    The head scores the P pairs ``pairs`` (2, P) (i < j, i-major; None: all C(C-1)/2, the
+    released head), with one weight vector each (``self.pairs``, P x H); a pair outside the set
+    has P_ij = 0 (docs/methods/sst.md D7). A sparse set is saved with the model (the buffer
+    ``pair_ij``) and a checkpoint's set replaces the head's on loading (:meth:`set_pairs`).
     """
 
     def __init__(self, num_classes: int, dim: int, proj_dim: Optional[int] = None,
-                 hidden_dim: Optional[int] = None):
+                 hidden_dim: Optional[int] = None, pairs: Optional[torch.Tensor] = None):
         super().__init__()
         self.num_classes = num_classes
         self.proj_dim = int(proj_dim or max(dim // 2, 1))
         self.hidden_dim = int(hidden_dim or dim)
-        self.num_pairs = num_classes * (num_classes - 1) // 2
+        self.num_pairs = (num_classes * (num_classes - 1) // 2 if pairs is None
+                          else int(pairs.shape[1]))
         self.proj = nn.Linear(dim, self.proj_dim)
         self.fc1 = nn.Linear(2 * self.proj_dim, self.hidden_dim)
         self.fc2 = nn.Linear(self.hidden_dim, self.hidden_dim)
         self.pairs = ElementWiseClassifier(self.num_pairs, self.hidden_dim)
-        iu = torch.triu_indices(num_classes, num_classes, 1)
-        # Derived from C alone: not saved with the model.
-        self.register_buffer("pair_i", iu[0], persistent=False)
-        self.register_buffer("pair_j", iu[1], persistent=False)
-        self.register_buffer("pair_lookup", pair_index_matrix(num_classes), persistent=False)
+        self.set_pairs(pairs)
+
+    @property
+    def pair_i(self) -> torch.Tensor:
+        """(P,) long: the first class of each scored pair."""
+        return self.pair_ij[0]
+
+    @property
+    def pair_j(self) -> torch.Tensor:
+        """(P,) long: the second class of each scored pair (> its first)."""
+        return self.pair_ij[1]
+
+    def set_pairs(self, pairs: Optional[torch.Tensor]) -> None:
+        """Score the pairs ``pairs`` (2, P) long (None: every pair). The buffers follow: ``pair_ij``
+        (2, P), saved with the model when the set is not every pair; ``pair_lookup`` (C, C), the
+        index of each pair in the set (-1 outside), derived. The per-pair weights are resized
+        (in place, uninitialised) when P changes: loading a checkpoint fills them."""
+        c = self.num_classes
+        device = self.proj.weight.device
+        sparse = pairs is not None
+        pairs = (torch.triu_indices(c, c, 1, device=device) if pairs is None
+                 else pairs.to(device=device, dtype=torch.long))
+        self.register_buffer("pair_ij", pairs, persistent=sparse)
+        self.register_buffer("pair_lookup", pair_index_matrix(c, pairs), persistent=False)
+        self.num_pairs = int(pairs.shape[1])
+        for p in (self.pairs.weight, self.pairs.bias):
+            if p.shape[0] != self.num_pairs:
+                p.data = p.new_empty((self.num_pairs, *p.shape[1:]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The checkpoint's pair set: its saved ``pair_ij``, or every pair when it has the head's
+        # weights without one (a checkpoint of the released head, or saved before sparse sets).
+        saved = state_dict.get(prefix + "pair_ij")
+        weight = state_dict.get(prefix + "pairs.weight")
+        if saved is not None:
+            self.set_pairs(saved)
+        elif weight is not None and weight.shape[0] != self.num_pairs:
+            self.set_pairs(None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- factorised ---------------------------------------------------------------------------
     def project(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,38 +459,43 @@ class CooccurrenceHead(nn.Module):
     def folded(self, p: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair weights folded through fc2: <w_p, W2 r + b2> + c_p = <W2^T w_p, r> +
         (<w_p, b2> + c_p). Returns (weights (P, H), biases (P,)) for the pairs ``p`` (all: None)."""
-        w = self.pairs.weight if p is None else self.pairs.weight[p]
-        c = self.pairs.bias if p is None else self.pairs.bias[p]
+        w = self.pairs.weight if p is None else self.pairs.weight.index_select(0, p)
+        c = self.pairs.bias if p is None else self.pairs.bias.index_select(0, p)
         return w @ self.fc2.weight, w @ self.fc2.bias + c
 
     def pair_logits(self, u, v, b, i, j) -> torch.Tensor:
-        """Logits m_ij of image b for the listed pairs (i < j), all (N,) long -> (N,)."""
-        r = torch.relu(u[b, i] + v[b, j])
+        """Logits m_ij of image b for the listed pairs (i < j, each in the set), all (N,) long
+        -> (N,). Rows are gathered with ``index_select`` (its backward, ``index_add``, is
+        cheaper than that of advanced indexing)."""
+        classes = u.shape[1]
+        r = torch.relu(u.flatten(0, 1).index_select(0, b * classes + i)
+                       + v.flatten(0, 1).index_select(0, b * classes + j))
         p = self.pair_lookup[i, j]
         if p.shape[0] >= self.num_pairs:   # fold once for every pair, then look up
             w, c = self.folded()
-            w, c = w[p], c[p]
+            w, c = w.index_select(0, p), c.index_select(0, p)
         else:
             w, c = self.folded(p)
         return (r * w).sum(-1) + c
 
     def all_pair_logits(self, u, v) -> torch.Tensor:
-        """Every pair of every image, (B, C(C-1)/2), from the factorised projections. With fc2
-        folded into the pair weights, a pair costs one add, a ReLU and a dot product of size H
-        (no B x pairs x H second-layer activation)."""
+        """Every pair of the set of every image, (B, P), from the factorised projections. With
+        fc2 folded into the pair weights, a pair costs one add, a ReLU and a dot product of size
+        H (no B x P x H second-layer activation)."""
         w, c = self.folded()
-        r = torch.relu(u[:, self.pair_i] + v[:, self.pair_j])             # (B, P, H)
+        r = torch.relu(u.index_select(1, self.pair_i) + v.index_select(1, self.pair_j))  # (B, P, H)
         return torch.einsum("bph,ph->bp", r, w) + c
 
     # -- literal reference ---------------------------------------------------------------------
     def dense_logits(self, semantic: torch.Tensor) -> torch.Tensor:
-        """(B, C, D) -> (B, C(C-1)/2): concatenate [g_i; g_j] for every pair, as released."""
+        """(B, C, D) -> (B, P): concatenate [g_i; g_j] for every pair of the set, as released."""
         g = self.proj(semantic)
         x = torch.cat([g[:, self.pair_i], g[:, self.pair_j]], dim=-1)
         return self.pairs(self.fc2(torch.relu(self.fc1(x))))
 
     def matrix(self, pair_logits: torch.Tensor) -> torch.Tensor:
-        """(B, pairs) logits -> (B, C, C) probabilities, symmetric, unit diagonal."""
+        """(B, P) logits -> (B, C, C) probabilities, symmetric, unit diagonal, 0 at the pairs
+        outside the set."""
         b = pair_logits.shape[0]
         c = self.num_classes
         prob = torch.sigmoid(pair_logits.float())
@@ -426,7 +508,8 @@ class CooccurrenceHead(nn.Module):
 
 def intra_scores(head: CooccurrenceHead, u, v, target: torch.Tensor,
                  entries: torch.Tensor) -> torch.Tensor:
-    """q^intra_c = (1 / max(|K+|, 1)) sum_{j in K+} P_cj (P_cc = 1) for the entries asked for.
+    """q^intra_c = (1 / max(|K+|, 1)) sum_{j in K+} P_cj (P_cc = 1; P_cj = 0 for a pair outside
+    the head's set) for the entries asked for.
 
     Parameters
     ----------
@@ -434,18 +517,21 @@ def intra_scores(head: CooccurrenceHead, u, v, target: torch.Tensor,
     target : (B, C) partial labels (+1 / -1 / 0)
     entries : (B, C) bool, the entries to score; the others are 0 in the result
 
-    Only the pairs (c, j), c an asked entry and j a known positive, are evaluated.
+    Only the pairs (c, j) of the set, c an asked entry and j a known positive, are evaluated,
+    each once, and summed per entry into (B, C): O(B x P) work and memory, no (B, C, C) grid.
     """
     pos = target > 0
     bsz, c = target.shape
-    eye = torch.eye(c, dtype=torch.bool, device=target.device)
-    sel = entries[:, :, None] & pos[:, None, :] & ~eye
-    b, ci, cj = sel.nonzero(as_tuple=True)
-    lo, hi = torch.minimum(ci, cj), torch.maximum(ci, cj)
-    prob = torch.sigmoid(head.pair_logits(u, v, b, lo, hi).float())
-    # Scatter into a (B, C, C) grid (indices are unique: deterministic), then sum over j.
-    grid = u.new_zeros((bsz, c, c), dtype=torch.float32).index_put((b, ci, cj), prob)
-    total = grid.sum(-1) + (entries & pos).float()
+    i, j = head.pair_i, head.pair_j
+    to_i = entries[:, i] & pos[:, j]            # (B, P): pair (i, j) adds P_ij to q_i ...
+    to_j = entries[:, j] & pos[:, i]            # ... and to q_j
+    b, p = (to_i | to_j).nonzero(as_tuple=True)
+    ip, jp = i[p], j[p]
+    prob = torch.sigmoid(head.pair_logits(u, v, b, ip, jp).float())
+    add_i, add_j = to_i[b, p], to_j[b, p]
+    index = torch.cat([(b * c + ip)[add_i], (b * c + jp)[add_j]])
+    total = prob.new_zeros(bsz * c).index_add(0, index, torch.cat([prob[add_i], prob[add_j]]))
+    total = total.view(bsz, c) + (entries & pos).float()
     return total / pos.sum(1, keepdim=True).clamp(min=1).float()
 
 
@@ -458,7 +544,9 @@ def intra_scores_dense(P: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class IntraImageTransfer(nn.Module):
     """The IST head with its loss and scores: one call per training step."""
 
-    def __init__(self, cfg, num_classes: int, dim: int):
+    def __init__(self, cfg, num_classes: int, dim: int, pairs: Optional[torch.Tensor] = None):
+        """``pairs`` (2, P) long: the class pairs the head scores (:func:`ist_pairs`; None: every
+        pair)."""
         super().__init__()
         if cfg.cooc_pairs not in ("all", "sample"):
             raise ConfigError(f"bad value for 'method.cooc_pairs': {cfg.cooc_pairs!r}; expected "
@@ -468,7 +556,7 @@ class IntraImageTransfer(nn.Module):
                               f"expected 'negative' or 'ignore'")
         if cfg.cooc_pairs == "sample" and cfg.cooc_sample < 1:
             raise ConfigError("bad value for 'method.cooc_sample': expected a positive integer")
-        self.head = CooccurrenceHead(num_classes, dim, cfg.ist_proj_dim, cfg.ist_hidden_dim)
+        self.head = CooccurrenceHead(num_classes, dim, cfg.ist_proj_dim, cfg.ist_hidden_dim, pairs)
         self.dense = bool(cfg.dense)
         self.mode = cfg.cooc_pairs
         self.sample = int(cfg.cooc_sample)
@@ -487,7 +575,7 @@ class IntraImageTransfer(nn.Module):
         """
         head = self.head
         pos = target > 0
-        t = pos[:, head.pair_i] & pos[:, head.pair_j]                      # (B, pairs)
+        t = pos[:, head.pair_i] & pos[:, head.pair_j]             # (B, P), the head's pairs
         keep = None
         if self.ignore_unknown:
             known = target != 0
@@ -520,11 +608,11 @@ class IntraImageTransfer(nn.Module):
         return terms.mean() if terms.numel() else like.sum() * 0.0
 
     def _sampled_loss(self, u, v, t, keep=None):
-        """Unbiased estimate of the all-pairs mean: every known-positive pair (t = 1) counts
-        once; per image, m_b of its n_b other pairs are drawn uniformly without replacement and
-        weighted n_b / m_b (Horvitz-Thompson), and the sum is divided by B x pairs as the
-        all-pairs mean is. With ``keep`` (pairs whose labels are both known), the other pairs
-        are drawn among the kept ones only and the sum is divided by the number kept."""
+        """Unbiased estimate of the mean over the head's P pairs: every known-positive pair
+        (t = 1) counts once; per image, m_b of its n_b other pairs are drawn uniformly without
+        replacement and weighted n_b / m_b (Horvitz-Thompson), and the sum is divided by B x P as
+        the mean over every pair is. With ``keep`` (pairs whose labels are both known), the other
+        pairs are drawn among the kept ones only and the sum is divided by the number kept."""
         head = self.head
         bsz, npairs = t.shape
         # Uniform sample without replacement of the t = 0 pairs: the smallest random keys, with
