@@ -17,6 +17,8 @@ of P = H·W tokens.
 * SGFE (:class:`LowRankBilinearAttention`, :func:`sgfe_pool`): e_{p,c} = w₂ᵀ(W_h tanh((W_x x_p) ⊙
   (W_v v_c)) + b_h) + b₂, β = softmax over classes per token, z_p = Σ_c β_{p,c} v_c,
   A¹ = MLP([z_p ; x_p]) (B, P, C), logits1_c = Σ_p softmax_p(A¹_{·,c}) A¹_{p,c}. Inference: logits1.
+  e is computed over blocks of classes, recomputed in backward (:func:`bilinear_tanh_scores`), never
+  as the (B, P, C, A) tensor (docs/methods/clsl.md#computation).
 * Label recovery (training): r = σ(logits1 / T) (monotone, docs/methods/clsl.md D1); with
   ``reference_quirks`` the released σ(logits1 · max_c' logits1_c'). ŷ = known ⊙ y + (1 − known) ⊙ r,
   detached (:func:`recovered_targets`).
@@ -43,6 +45,7 @@ from mlrpl.errors import ConfigError
 from mlrpl.losses import asymmetric_loss, soft_asymmetric_loss
 from mlrpl.methods.base import Method, MethodConfig
 from mlrpl.methods.components.pseudo_labels import PseudoLabelQuality
+from mlrpl.models.bilinear import bilinear_tanh_scores, is_traced
 from mlrpl.methods.base import register_method
 
 
@@ -122,28 +125,58 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.dropout2(ff))
 
 
+#: Problems at most this many elements wide keep the literal layouts: SGFE's whole (B, P, C, A)
+#: tensor through autograd, SRFL's concatenated (B·C) x (d_t + D) input through the convolutions.
+#: At that size they cost nothing, and they give the exact numbers of the released layout (the
+#: small pinned runs were recorded with them); above it the streamed / factored forms (equal up to
+#: float round-off) are used, except under tracing, torch.compile and export
+#: (:func:`~mlrpl.models.bilinear.is_traced`).
+LITERAL_MAX_ELEMENTS = 1 << 16
+
+
+def _literal(elements: int) -> bool:
+    return is_traced() or elements <= LITERAL_MAX_ELEMENTS
+
+
 class LowRankBilinearAttention(nn.Module):
     """e_{p,c} = w₂ᵀ(W_h tanh((W_x x_p) ⊙ (W_v v_c)) + b_h) + b₂ -> (B, P, C).
 
     The two last layers are linear with nothing between them, so they are applied as the one
     vector W_hᵀw₂ (and the constant w₂ᵀb_h + b₂): the same function and gradients, without the
-    (B·C·P) x A x A matrix product (A = ``attention_dim``). :meth:`reference` is the literal form.
+    (B·C·P) x A x A matrix product (A = ``attention_dim``). What remains, tanh(a_p ⊙ b_c) · u with
+    a = W_x x, b = W_v v, is streamed (:func:`bilinear_tanh_scores`) over blocks of classes (and
+    tokens) of at most ``chunk_elements`` elements, recomputed in backward, so that memory does not
+    grow with B·P·C·A; problems of at most :data:`LITERAL_MAX_ELEMENTS` elements use the whole
+    tensor (:meth:`unchunked`). :meth:`reference` is the literal two-layer form.
     """
 
-    def __init__(self, dim_tokens: int, dim_classes: int, attention_dim: int):
+    def __init__(self, dim_tokens: int, dim_classes: int, attention_dim: int,
+                 chunk_elements: Optional[int] = None):
         super().__init__()
         self.tokens = nn.Linear(dim_tokens, attention_dim, bias=False)    # W_x
         self.classes = nn.Linear(dim_classes, attention_dim, bias=False)  # W_v
         self.hidden = nn.Linear(attention_dim, attention_dim)             # W_h, b_h
         self.out = nn.Linear(attention_dim, 1)                            # w₂, b₂
+        self.chunk_elements = chunk_elements   # None: the device's default
+
+    def _collapsed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        u = (self.out.weight @ self.hidden.weight)[0]              # (A,)
+        const = (self.out.weight @ self.hidden.bias + self.out.bias)[0]
+        return u, const
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x (B, P, D), v (B, C, D') -> e (B, P, C)."""
         a = self.tokens(x)                                         # (B, P, A)
         b = self.classes(v)                                        # (B, C, A)
-        u = (self.out.weight @ self.hidden.weight)[0]              # (A,)
-        const = (self.out.weight @ self.hidden.bias + self.out.bias)[0]
-        t = torch.tanh(a[:, :, None, :] * b[:, None, :, :])        # (B, P, C, A)
+        u, const = self._collapsed()
+        if _literal(a.shape[0] * a.shape[1] * b.shape[1] * a.shape[2]):
+            return torch.tanh(a[:, :, None, :] * b[:, None, :, :]) @ u + const
+        return bilinear_tanh_scores(a, b, u, self.chunk_elements) + const
+
+    def unchunked(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The collapsed form on the whole (B, P, C, A) tensor at any size (tests)."""
+        u, const = self._collapsed()
+        t = torch.tanh(self.tokens(x)[:, :, None, :] * self.classes(v)[:, None, :, :])
         return t @ u + const
 
     def reference(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -258,12 +291,25 @@ class CLSL(Method):
         return self.encoder(x, pos)
 
     def srfl_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded tokens (B, P, D) -> image-conditioned class vectors V (B, C, D)."""
+        """Encoded tokens (B, P, D) -> image-conditioned class vectors V (B, C, D).
+
+        Beyond :data:`LITERAL_MAX_ELEMENTS`, the first 1x1 convolution of [E_c ; x_g] is applied
+        as W_E E_c + W_g x_g + bias (the embeddings' part once for all images, the image's part once
+        per image, never the (B·C) x (d_t + D) concatenation) and both 1x1 convolutions as matrix
+        products over the B·C rows; BatchNorm over those rows is the (B, channels, C) form's.
+        """
+        conv1, bn, act, conv2 = self.srfl
         xg = x.mean(dim=1)                                          # (B, D)
-        n, c = x.shape[0], self.words.shape[0]
-        words = self.words.to(x.dtype)[None].expand(n, c, -1)
-        vx = torch.cat([words, xg[:, None, :].expand(n, c, -1)], dim=-1)   # (B, C, d_t + D)
-        return self.srfl(vx.transpose(1, 2)).transpose(1, 2)
+        n, c, d_t = x.shape[0], self.words.shape[0], self.words.shape[1]
+        words = self.words.to(x.dtype)
+        if _literal(n * c * (d_t + x.shape[-1])):
+            vx = torch.cat([words[None].expand(n, c, -1), xg[:, None, :].expand(n, c, -1)],
+                           dim=-1)                                  # (B, C, d_t + D)
+            return self.srfl(vx.transpose(1, 2)).transpose(1, 2)
+        w1 = conv1.weight[:, :, 0]                                  # (d_t + D, d_t + D)
+        h = F.linear(words, w1[:, :d_t])[None] + F.linear(xg, w1[:, d_t:], conv1.bias)[:, None]
+        h = act(bn(h.reshape(n * c, -1)))                           # (B·C, d_t + D)
+        return F.linear(h, conv2.weight[:, :, 0], conv2.bias).view(n, c, -1)
 
     def forward(self, features, batch=None):
         x = self.tokens(features)                                   # (B, P, D)

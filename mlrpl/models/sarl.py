@@ -55,7 +55,7 @@ class SemanticDecoupling(nn.Module):
     with nothing between them, so they are applied as the one vector W_3^T w_a and the constant
     w_a^T b_3 + b_a: the same function and the same gradients for every parameter, without the
     (B·C·HW) x A x A matrix product (A = ``attention_dim``) that made the step grow with C·A²;
-    the remaining (B, C, HW, A) tanh is streamed over chunks of classes
+    the remaining (B, C, HW, A) tanh is streamed over blocks of classes
     (:func:`~mlrpl.models.bilinear.bilinear_tanh_scores`). :meth:`reference` is the literal form.
     """
 
@@ -72,7 +72,8 @@ class SemanticDecoupling(nn.Module):
         b = self.w2(words)                               # (C, A)
         u = (self.wa.weight @ self.w3.weight)[0]         # (A,)
         const = (self.wa.weight @ self.w3.bias + self.wa.bias)[0]
-        return bilinear_tanh_scores(b[None].expand(a.shape[0], -1, -1), a, u, const)
+        e = bilinear_tanh_scores(a, b[None].expand(a.shape[0], -1, -1), u)   # (B, HW, C)
+        return e.transpose(1, 2) + const
 
     def reference(self, f: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """:meth:`scores` as released: W_3 and w_a applied one after the other."""
