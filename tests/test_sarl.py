@@ -173,3 +173,38 @@ def test_refining_every_class_is_the_graph_network_and_fewer_keep_the_others_pla
     assert torch.allclose(out["logits"].gather(1, idx), want, atol=1e-6)
     out["logits"].sum().backward()
     assert part.ggnn.wz.weight.grad.abs().sum() > 0 and part.classifier.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["ssgrl", "satl", "sarb", "dsrb", "sst", "hst"])
+def test_every_trunk_method_with_k_equal_c_gives_the_dense_outputs_at_80_classes(name):
+    """graph_k = C (and C - 1) is the dense graph and every pair: outputs and loss terms equal."""
+    from mlrpl.methods import create_method, get_method_class
+    from mlrpl.methods.base import MethodContext
+    rng = np.random.default_rng(0)
+    full = np.where(rng.random((300, 80)) < 0.1, 1, -1)
+    partial = np.where(rng.random((300, 80)) < 0.5, full, 0).astype(np.int8)
+    ctx = MethodContext(num_classes=80, feature_channels=12,
+                        class_names=[f"c{i}" for i in range(80)], partial_labels=partial,
+                        embeddings=rng.normal(size=(80, 5)).astype(np.float32))
+    fields = get_method_class(name).Config.__dataclass_fields__
+    extra = {"start_epoch": 0} if "start_epoch" in fields else {}
+    torch.manual_seed(1)
+    maps = torch.randn(4, 12, 6, 6)
+    target = torch.as_tensor(partial[:4])
+    results = []
+    for k in (None, 80, 79):
+        torch.manual_seed(0)
+        m = create_method(name, ctx, trunk={"dim": 8, "attention_dim": 4, "graph_k": k}, **extra)
+        if hasattr(m, "prototypes"):
+            m.prototypes.centres.normal_(generator=torch.Generator().manual_seed(2))
+            m.prototypes.valid.fill_(True)
+        m.train()
+        batch = {"target": target, "epoch": 1, "step": 0, "steps_per_epoch": 10,
+                 "index": torch.arange(4)}
+        torch.manual_seed(3)
+        out = m(maps, batch)
+        terms = m.loss(out, batch, 1)
+        results.append((out["logits"].detach(), {t: float(v.detach()) for t, v in terms.items()}))
+    for logits, terms in results[1:]:
+        assert torch.equal(logits, results[0][0])
+        assert terms == results[0][1]

@@ -59,15 +59,20 @@ def test_default_layout_reads_back(default_root):
     assert manifest["params"]["seed"] == 0 and manifest["classes"] == CLASS_NAMES[:8]
 
 
-def test_boxes_are_normalised(default_root):
-    for p in (default_root / "labels" / "train").glob("*.txt"):
+def check_boxes(label_dir, num_classes):
+    """Every label line of the folder: a class below ``num_classes``, a box inside the image."""
+    for p in label_dir.glob("*.txt"):
         for line in p.read_text().splitlines():
             c, *box = line.split()
-            assert 0 <= int(c) < 8
+            assert 0 <= int(c) < num_classes
             cx, cy, w, h = map(float, box)
             assert 0 < w <= 1 and 0 < h <= 1
             assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 <= 1 + 1e-6
             assert 0 <= cy - h / 2 + 1e-6 and cy + h / 2 <= 1 + 1e-6
+
+
+def test_boxes_are_normalised(default_root):
+    check_boxes(default_root / "labels" / "train", 8)
 
 
 def test_deterministic(tmp_path):
@@ -188,14 +193,7 @@ def test_many_classes_reads_back(many_root):
     k = pos.sum(1)
     assert k.max() <= 6 and k.mean() > 2.2 and (k >= 1).all()
     assert np.asarray(Image.open(root / train.items[0])).shape == (48, 48, 3)
-    for p in (root / "labels" / "train").glob("*.txt"):
-        for line in p.read_text().splitlines():
-            c, *box = line.split()
-            assert 0 <= int(c) < 1000
-            cx, cy, w, h = map(float, box)
-            assert 0 < w <= 1 and 0 < h <= 1
-            assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 <= 1 + 1e-6
-            assert 0 <= cy - h / 2 + 1e-6 and cy + h / 2 <= 1 + 1e-6
+    check_boxes(root / "labels" / "train", 1000)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["model"] == "scenes" and manifest["classes"] == names
     assert sorted(n for g in manifest["scenes"] for n in g) == sorted(names)

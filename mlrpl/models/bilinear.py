@@ -188,6 +188,14 @@ def _backward_blocks(blocks, a, a2, b, gt, gb, size, rows):
     return ga, gu
 
 
+def _geometry(a: torch.Tensor, b: torch.Tensor, budget: Optional[int]):
+    """(N, P, C, A, device, budget, block sizes) of a problem a (N, P, A), b (N, C, A)."""
+    n, p, k = a.shape
+    c = b.shape[1]
+    budget = budget or _chunk_elements(a.device)
+    return n, p, c, k, a.device, budget, _block_sizes(n, p, c, k, budget)
+
+
 def _scores_forward(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor,
                     budget: Optional[int] = None) -> torch.Tensor:
     """e_{n,p,c} = Σ_k u_k tanh(a_{n,p,k} b_{n,c,k}), block by block, with tanh(x) = 2σ(2x) − 1
@@ -195,11 +203,7 @@ def _scores_forward(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor,
     Nothing of size (N, P, C, A) is allocated, one block per worker at a time."""
     out_dtype, dt = _dtypes(a, b, u)
     a, b, u = a.detach(), b.detach(), u.detach()
-    n, p, k = a.shape
-    c = b.shape[1]
-    dev = a.device
-    budget = budget or _chunk_elements(dev)
-    nb, kc, tp = _block_sizes(n, p, c, k, budget)
+    n, p, c, k, dev, budget, (nb, kc, tp) = _geometry(a, b, budget)
     with torch.autocast(dev.type, enabled=False):
         a2, b, u = (2 * a).to(dt), b.to(dt).contiguous(), u.to(dt)
         u_rows = (2 * u).expand(nb * kc, 1, k).contiguous()
@@ -217,11 +221,7 @@ def _scores_backward(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, u: torch
     y = g s(1 − s): grad_a = 4u ⊙ Σ_c y b_c, grad_b = 4u ⊙ Σ_p y a_p, grad_u = 2 Σ g s − Σ g."""
     _, dt = _dtypes(a, b, u)
     g, a, b, u = g.detach(), a.detach(), b.detach(), u.detach()
-    n, p, k = a.shape
-    c = b.shape[1]
-    dev = a.device
-    budget = budget or _chunk_elements(dev)
-    nb, kc, tp = _block_sizes(n, p, c, k, budget)
+    n, p, c, k, dev, budget, (nb, kc, tp) = _geometry(a, b, budget)
     with torch.autocast(dev.type, enabled=False):
         a_, b_ = a.to(dt).contiguous(), b.to(dt).contiguous()
         a2 = 2 * a_
