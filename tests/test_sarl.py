@@ -208,3 +208,15 @@ def test_every_trunk_method_with_k_equal_c_gives_the_dense_outputs_at_80_classes
     for logits, terms in results[1:]:
         assert torch.equal(logits, results[0][0])
         assert terms == results[0][1]
+
+
+@pytest.mark.parametrize("key,value", [("graph_k", 0), ("refine_classes", 0),
+                                       ("refine_all_up_to", -1)])
+def test_many_class_keys_refuse_bad_values_in_one_line(key, value):
+    from mlrpl.config import load_config
+    from mlrpl.errors import ConfigError
+    with pytest.raises(ConfigError, match=f"'method.trunk.{key}': {value}; expected an integer"):
+        load_config(None, ["method.name=ssgrl", f"method.trunk.{key}={value}"])
+    cfg = load_config(None, ["method.name=ssgrl", f"method.trunk.{key}=null"]
+                      if key != "refine_all_up_to" else ["method.name=ssgrl"])
+    assert cfg.method.trunk.graph_k == (None if key == "graph_k" else 32)
