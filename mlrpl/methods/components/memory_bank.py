@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlrpl.utils import dist
+from mlrpl.methods.components.prototypes import cosine_to, mean_direction
 
 
 class MemoryBank(nn.Module):
@@ -105,16 +106,16 @@ class MemoryBank(nn.Module):
                 touched, rows, _, _ = self._push(semantic.detach()[b, c].float(), c)
                 means = means.clone()
                 means[touched] = class_means(rows)
-        fn = F.normalize(semantic.float(), dim=-1, eps=1e-9)
-        return (fn * means[None]).sum(-1)
+        return cosine_to(semantic, means)
 
 
 def class_means(features: torch.Tensor, chunk: int = 2 ** 22) -> torch.Tensor:
     """(n, E, D) bank rows -> (n, D): the mean over the E slots of the normalised entries (a
-    zero slot stays 0), as :func:`~mlrpl.methods.components.prototypes.cosine_to_mean` averages
-    its references; a few rows at a time (about ``chunk`` values), so that the whole bank is
-    never normalised at once."""
+    zero slot stays 0; :func:`~mlrpl.methods.components.prototypes.mean_direction` with unit
+    weights); a few rows at a time (about ``chunk`` values), so that the whole bank is never
+    normalised at once."""
     e, d = features.shape[1:]
     rows = max(1, chunk // (e * d))
-    return torch.cat([F.normalize(part.float(), dim=-1, eps=1e-9).sum(1) / e
+    return torch.cat([mean_direction(part, part.new_ones(part.shape[:2]),
+                                     part.new_full(part.shape[:1], float(e)))
                       for part in features.split(rows)])

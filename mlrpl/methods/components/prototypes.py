@@ -172,7 +172,18 @@ def cosine_to_mean(semantic: torch.Tensor, refs: torch.Tensor, weight: torch.Ten
     cos is bilinear in the normalised vectors, so the sum over k moves inside.
 
     semantic (B, C, D), refs (C, K, D), weight (C, K), denom (C,) -> (B, C)."""
-    fn = F.normalize(semantic.float(), dim=-1, eps=1e-9)
+    return cosine_to(semantic, mean_direction(refs, weight, denom))
+
+
+def mean_direction(refs: torch.Tensor, weight: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """sum_k weight_ck r_ck / |r_ck| / denom_c: refs (C, K, D), weight (C, K), denom (C,) -> (C, D)
+    (a zero reference stays 0)."""
     rn = F.normalize(refs.float(), dim=-1, eps=1e-9)
-    mean_ref = (rn * weight[..., None].float()).sum(1) / denom[:, None].float()
-    return (fn * mean_ref[None]).sum(-1)
+    return (rn * weight[..., None].float()).sum(1) / denom[:, None].float()
+
+
+def cosine_to(semantic: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """<F_bc / |F_bc|, mean_c>: semantic (B, C, D), mean (C, D) from :func:`mean_direction` ->
+    (B, C)."""
+    fn = F.normalize(semantic.float(), dim=-1, eps=1e-9)
+    return (fn * mean[None]).sum(-1)
