@@ -111,12 +111,19 @@ def test_entry_blends_equal_the_whole_batch_forms(c, d):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
 
 
+REFINED = {"dim": 8, "attention_dim": 4, "refine_classes": 5, "refine_all_up_to": 8}
+
+
 @pytest.mark.parametrize("name", ["sarb", "dsrb"])
-@pytest.mark.parametrize("num_classes", [4, 30])
-def test_blending_forward_equals_the_whole_batch_form(name, num_classes):
+@pytest.mark.parametrize("num_classes,trunk", [(4, None), (30, None), (30, REFINED)],
+                         ids=["4", "30", "30-refined"])
+def test_blending_forward_equals_the_whole_batch_form(name, num_classes, trunk):
     """Same random draws, same logits bit for bit, same losses; gradients to float round-off
-    (the blended features reach the trunk's input by other autograd paths)."""
-    m = method(name, num_classes)
+    (the blended features reach the trunk's input by other autograd paths). With each image's
+    5 best classes refined (30 classes above refine_all_up_to 8), the second pass computes the
+    pre-graph scores of the blended entries only and takes the others from the first pass: the
+    reference computes them all again."""
+    m = method(name, num_classes, **({"trunk": trunk} if trunk else {}))
     for seed in range(3):
         target = random_target(5, num_classes, seed=seed)
         b = batch_of(target.tolist(), epoch=1, seed=seed)
@@ -125,6 +132,7 @@ def test_blending_forward_equals_the_whole_batch_form(name, num_classes):
         torch.manual_seed(seed)
         want = reference_blending_forward(m, b["features"], b)
         assert got["blend_prototype"].any()
+        assert ("pre_graph_logits" in got) == bool(trunk)   # the path that reuses them
         for key in ("logits", "logits_instance", "logits_prototype", "soft_instance",
                     "soft_prototype", "weight_instance", "weight_prototype", "blend_instance",
                     "blend_prototype", "contrast"):

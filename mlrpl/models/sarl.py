@@ -170,33 +170,61 @@ class SARLTrunk(nn.Module):
         semantic, att = self.decouple(f, self.words)
         return {"semantic": semantic, "attention": att, "spatial": spatial, "positions": f}
 
-    def classify(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Semantic features (B, C, D) -> (logits (B, C), nodes (B, C, D)).
+    def refines_all(self, num_classes: int) -> bool:
+        """Whether every class goes through the graph network at ``num_classes`` classes (else
+        each image's ``refine_classes`` best, by pre-graph score)."""
+        r = self.cfg.refine_classes
+        return r is None or int(r) >= num_classes or num_classes <= int(self.cfg.refine_all_up_to)
+
+    def pre_graph_scores(self, semantic: torch.Tensor,
+                         classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The head on [F_c ; F_c], what it gives a node the graph leaves as it was: (B, C, D)
+        semantic features -> (B, C); or (n, D) features of the classes ``classes`` (n,) -> (n,)."""
+        d = semantic.shape[-1]
+        w = self.fc_o.weight
+        o = torch.tanh(F.linear(semantic, w[:, :d] + w[:, d:], self.fc_o.bias))
+        if classes is None:
+            return self.classifier(o)
+        return (o * self.classifier.weight[classes]).sum(-1) + self.classifier.bias[classes]
+
+    def classify(self, semantic: torch.Tensor, plain: Optional[torch.Tensor] = None,
+                 changed: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        """Semantic features (B, C, D) -> (logits (B, C), nodes (B, C, D), pre-graph scores
+        (B, C) or None).
 
         With ``refine_classes`` R below C and C above ``refine_all_up_to``, each image's R
         classes with the highest pre-graph score go through the graph network; the others keep
-        their semantic feature as node (h^T = h^0 = F_c) and their pre-graph score as logit. The pre-graph score of a class is
-        the head on [F_c ; F_c], what it gives a node the graph leaves as it was.
-        Blending methods call this on modified semantic features."""
-        r = self.cfg.refine_classes
+        their semantic feature as node (h^T = h^0 = F_c) and their pre-graph score as logit. The
+        pre-graph score of a class is the head on [F_c ; F_c] (:meth:`pre_graph_scores`), what
+        it gives a node the graph leaves as it was; it is returned (None when every class is
+        refined). Blending methods call this on modified semantic features: ``plain`` (B, C),
+        the pre-graph scores of the unmodified features (from an earlier call), and ``changed``
+        (images (n,), classes (n,)), the entries whose feature differs, make only those entries'
+        scores computed again (the others are the same numbers, with the same graph)."""
         c = semantic.shape[1]
-        if r is None or int(r) >= c or c <= int(self.cfg.refine_all_up_to):
+        if self.refines_all(c):
             nodes = self.ggnn(semantic, self.graph)
             o = torch.tanh(self.fc_o(torch.cat([nodes, semantic], dim=-1)))
-            return self.classifier(o), nodes
+            return self.classifier(o), nodes, None
         d = semantic.shape[-1]
-        w = self.fc_o.weight
-        plain = self.classifier(torch.tanh(F.linear(semantic, w[:, :d] + w[:, d:], self.fc_o.bias)))
-        idx = plain.detach().topk(int(r), dim=1).indices                      # (B, R)
+        r = int(self.cfg.refine_classes)
+        if plain is None or changed is None:
+            plain = self.pre_graph_scores(semantic)
+        else:
+            n, k = changed
+            plain = plain.index_put((n, k), self.pre_graph_scores(semantic[n, k], k))
+        idx = plain.detach().topk(r, dim=1).indices                          # (B, R)
         rows = idx[..., None].expand(-1, -1, d)
         refined = self.ggnn.refine(semantic, self.graph, idx)                # (B, R, D)
         o = torch.tanh(self.fc_o(torch.cat([refined, semantic.gather(1, rows)], dim=-1)))
         s = (o * self.classifier.weight[idx]).sum(-1) + self.classifier.bias[idx]
-        return plain.scatter(1, idx, s), semantic.scatter(1, rows, refined)
+        return plain.scatter(1, idx, s), semantic.scatter(1, rows, refined), plain
 
     def forward(self, maps: torch.Tensor) -> dict:
         out = self.encode(maps)
-        out["logits"], out["nodes"] = self.classify(out["semantic"])
+        out["logits"], out["nodes"], plain = self.classify(out["semantic"])
+        if plain is not None:
+            out["pre_graph_logits"] = plain
         return out
 
     @staticmethod

@@ -266,8 +266,14 @@ def blended_forward(self, out, blends: dict, target):
             cls.append(c)
             values.append(v)
             offset += size
-        stacked = stacked.index_put_((torch.cat(at), torch.cat(cls)), torch.cat(values))
-        new = self.trunk.classify(stacked)[0].split(sizes)
+        at, cls = torch.cat(at), torch.cat(cls)
+        stacked = stacked.index_put_((at, cls), torch.cat(values))
+        # Above refine_all_up_to classes, the pre-graph scores of the entries no blend changed
+        # are the first pass's (the same features): only the blended entries' are computed.
+        plain = out.get("pre_graph_logits")
+        if plain is not None:
+            plain = plain[torch.cat(list(rows.values()))]
+        new = self.trunk.classify(stacked, plain, (at, cls))[0].split(sizes)
     for (module, (sel, _, _, _, soft)), logits in zip(blends.items(), new):
         out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
                                    if len(rows[module]) else out["logits"])
