@@ -27,6 +27,9 @@ Time: median over ``--steps`` timed steps after warm-up. Peak memory: on CUDA,
 subprocess and the peak resident set size during the steps (``VmHWM``, reset after the model is
 built) minus the resident size just before the first step (the memory training needs beyond the model: activations, gradients,
 optimiser state).
+``--profile N`` adds, per method, the N operators of one more step (after the timed ones) that
+took the most time of their own, grouped by input shapes (torch.profiler on CPU): where the step
+goes, e.g. which matrix products are the graph network's second pass.
 The last line printed with ``--json`` is one JSON object: method -> {"time_ratio", "memory_ratio"}
 against ``ssgrl``, plus the raw numbers (with several sizes: size -> that object); a method that
 could not run has {"failed": reason}.
@@ -172,7 +175,23 @@ def measure(method: str, args) -> dict:
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = _peak_rss_mb() - base
-    return {"step_s": statistics.median(times), "peak_mb": max(peak, 0.0)}
+    out = {"step_s": statistics.median(times), "peak_mb": max(peak, 0.0)}
+    if args.profile:
+        out["profile"] = profile_step(lambda: step(1000), args.profile)
+    return out
+
+
+def profile_step(step, top: int) -> list:
+    """The `top` operators of one step by their own time, grouped by input shapes: [name,
+    shapes, calls, self ms, share of the step's self time in %]."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    rows = prof.key_averages(group_by_input_shape=True)
+    total = sum(r.self_cpu_time_total for r in rows) or 1.0
+    rows = sorted(rows, key=lambda r: -r.self_cpu_time_total)[:top]
+    return [[r.key, str(r.input_shapes), r.count, round(r.self_cpu_time_total / 1e3, 2),
+             round(100.0 * r.self_cpu_time_total / total, 1)] for r in rows]
 
 
 def main():
@@ -198,6 +217,8 @@ def main():
                     help="seconds a method may take for all its steps at one size (CPU)")
     ap.add_argument("--max-mb", type=int, default=16000,
                     help="memory a method may use beyond the model at one size (CPU); 0: no limit")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print each method's N costliest operators of one step (by shape)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess worker
     args = ap.parse_args()
     if args.one:
@@ -278,6 +299,11 @@ def report(results: dict, args) -> dict:
         out[method] = {"time_ratio": round(tr, 3), "memory_ratio": round(mr, 3),
                        "step_s": round(r["step_s"], 4), "peak_mb": round(r["peak_mb"], 1)}
         print(f"{method:<15} {r['step_s']:9.3f} {r['peak_mb']:10.1f} {tr:11.2f} {mr:10.2f}")
+    for method, r in results.items():
+        if r.get("profile"):
+            print(f"\n{method}: the costliest operators of one step (self time, share of it)")
+            for name, shapes, calls, ms, share in r["profile"]:
+                print(f"  {ms:8.1f} ms {share:5.1f}%  {calls:4d} x {name} {shapes}")
     return out
 
 
