@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "uncertainty", "class-balance", "expected-gain")
-# Not a strategy a user can run: the benchmark's upper reference, asked from the hidden labels.
+# Not a strategy a user can run: the benchmark's reference, asked from the hidden labels.
 ORACLE = "oracle-positives"
 SETS = {
     # set: (reader, root under MLRPL_DATA, training split, evaluation split)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
                     help="model.prior.name=imagenet: with it, without it, or both")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
                     choices=STRATEGIES + (ORACLE,),
-                    help=f"{ORACLE}: an upper reference that reads the hidden labels (never run "
+                    help=f"{ORACLE}: a reference that reads the hidden labels (never run "
                          f"by default; see oracle_ask)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3, help="rounds per strategy (random: twice)")
@@ -244,11 +244,12 @@ def main(argv=None) -> int:
 
 
 def oracle_ask(labels: Path, ask: Path, truth: dict, budget: int, seed: int) -> None:
-    """The upper reference (``--strategies oracle-positives``): an ask file written from the
-    hidden labels, not from a model. Classes in turn, the fewest known positives first (one entry
-    of each per turn), each class's hidden positives first (in a seeded random order), then its
-    negatives. It shows how much of the gap a strategy could close if it found the positives: no
-    user has it, and it is never counted as a strategy."""
+    """The reference that reads the hidden labels (``--strategies oracle-positives``): an ask
+    file written from them, not from a model. Classes in turn, the fewest known positives first
+    (one entry of each per turn), each class's hidden positives first (in a seeded random order),
+    then its negatives. It shows what finding the positives is worth (not a bound: once every
+    class has positives, negatives near the boundary can be worth more); no user has it, and it
+    is never counted as a strategy."""
     import numpy as np
     from mlrpl.data import read_dataset
     from mlrpl.data.encoding import POS, UNK

@@ -1,6 +1,6 @@
-"""The annotation-rounds benchmark's upper reference (benchmarks/annotation_rounds.py,
-``oracle-positives``): it asks only unknown entries, the hidden positives first, the classes with
-the fewest known positives first, and its ask file reads back as labels."""
+"""The annotation-rounds benchmark's reference that reads the hidden labels
+(benchmarks/annotation_rounds.py, ``oracle-positives``): it asks only unknown entries, the hidden
+positives first, the classes with the fewest known positives first."""
 import csv
 import importlib.util
 import os
