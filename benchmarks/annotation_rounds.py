@@ -168,7 +168,12 @@ def main(argv=None) -> int:
                     "annotation-rounds")
     ap.add_argument("overrides", nargs="*", metavar="key=value",
                     help="extra overrides of every training run, e.g. train.threads=1")
-    args = ap.parse_args(argv)
+    # key=value overrides anywhere on the line (after --strategies or --seeds too, whose lists
+    # would otherwise take them as more of their values)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = ap.parse_args([a for a in argv if a not in extra])
+    args.overrides = list(args.overrides) + extra
     shared = REPO.parent / "shared" / "data"
     if "MLRPL_DATA" not in os.environ and shared.is_dir():
         os.environ["MLRPL_DATA"] = str(shared)
