@@ -171,8 +171,8 @@ def test_leave_one_out_intra_scores():
     target = torch.tensor([[1, 1, 0, -1], [1, 0, -1, 0]], dtype=torch.int8)
     u, v = head.project(sem)
     q = intra_scores(head, u, v, target, torch.ones(2, 4, dtype=torch.bool))
-    loo, valid = leave_one_out_intra(q, target)
-    P = head.matrix(head.dense_logits(sem))
+    loo, valid = leave_one_out_intra(q.detach(), target)
+    P = head.matrix(head.dense_logits(sem)).detach()
     assert float(loo[0, 0]) == pytest.approx(float(P[0, 0, 1]), abs=1e-6)   # the other positive
     assert float(loo[0, 2]) == pytest.approx(float(q[0, 2]), abs=1e-6)
     assert valid[0].all()
