@@ -170,8 +170,8 @@ def test_leave_one_out_intra_scores():
     sem = torch.randn(2, 4, 6)
     target = torch.tensor([[1, 1, 0, -1], [1, 0, -1, 0]], dtype=torch.int8)
     u, v = head.project(sem)
-    q = intra_scores(head, u, v, target, torch.ones(2, 4, dtype=torch.bool))
-    loo, valid = leave_one_out_intra(q.detach(), target)
+    q = intra_scores(head, u, v, target, torch.ones(2, 4, dtype=torch.bool)).detach()
+    loo, valid = leave_one_out_intra(q, target)
     P = head.matrix(head.dense_logits(sem)).detach()
     assert float(loo[0, 0]) == pytest.approx(float(P[0, 0, 1]), abs=1e-6)   # the other positive
     assert float(loo[0, 2]) == pytest.approx(float(q[0, 2]), abs=1e-6)
@@ -193,7 +193,7 @@ def test_satl_forward_makes_pseudo_labels_after_e0():
     assert out["pl_pos"].shape == target.shape
     assert not (out["pl_pos"] & (target != 0)).any() and not (out["pl_neg"] & (target != 0)).any()
     terms = m.loss(out, batch_of(target, epoch=1), 1)
-    assert set(terms) == {"bce", "bce_pseudo", "rank"} and float(terms["rank"]) > 0
+    assert set(terms) == {"bce", "bce_pseudo", "rank"} and float(terms["rank"].detach()) > 0
 
 
 @pytest.mark.parametrize("method, extra", [
