@@ -183,6 +183,19 @@ def test_sst_bank_includes_the_current_batch():
     assert torch.allclose(m.bank.features[0, 0], out["semantic"][0, 0].detach())
 
 
+def test_sst_bank_buffers_are_left_to_the_bank_under_ddp():
+    """The names the trainer gives DDP to leave alone are the bank's buffers, as the model names
+    them, and nothing else."""
+    from mlrpl.engine.trainer import self_synced_buffers
+    m = build("sst", num_classes=3)
+    wrapper = torch.nn.Module()
+    wrapper.method = m
+    names = self_synced_buffers(wrapper)
+    assert sorted(names) == ["method.bank.count", "method.bank.features", "method.bank.head"]
+    assert set(names) <= dict(wrapper.named_buffers()).keys()
+    assert self_synced_buffers(build("ssgrl", num_classes=3)) == []
+
+
 def test_sst_threshold_schedule():
     assert [round(sst_threshold(e, 5), 4) for e in range(20)] == \
         [0.95] * 6 + [0.925, 0.9, 0.875, 0.85, 0.825, 0.8, 0.775] + [0.75] * 7
@@ -371,7 +384,9 @@ for method, extra in (("sst", ["method.bank_size=4", "method.threshold_start=0.3
     t.fit()
     differs = state_differs_from_rank0(t.model.method)
     row = t.history[-1]
-    report[method] = {"differs": differs, "pl": [row["pl_intra_n"], row["pl_inter_n"]]}
+    report[method] = {"differs": differs, "pl": [row["pl_intra_n"], row["pl_inter_n"]],
+                      "not_broadcast": sorted(getattr(t.model, "_ddp_params_and_buffers_to_ignore",
+                                                      []))}
     if method == "hst":
         feats, classes = collect_positive_features(t.epoch_context(t.epoch))
         b, c = np.nonzero(t.exp.partial > 0)
@@ -394,6 +409,10 @@ def test_two_gloo_processes_share_bank_prototypes_and_statistics(shapes, cache_d
         for method in ("sst", "hst"):
             # BatchNorm running statistics are per process in DDP; nothing else may differ
             assert [k for k in rep[method]["differs"] if "running_" not in k] == [], method
+        # sst's bank is not broadcast by DDP (each process keeps it equal by itself: above)
+        assert rep["sst"]["not_broadcast"] == ["method.bank.count", "method.bank.features",
+                                              "method.bank.head"]
+        assert rep["hst"]["not_broadcast"] == []
         assert rep["collect"] == {"classes": True, "features": True}
     assert reports[0]["sst"]["pl"] == reports[1]["sst"]["pl"]
     assert reports[0]["hst"]["pl"] == reports[1]["hst"]["pl"]

@@ -181,6 +181,10 @@ class Trainer:
             train_paths=[str(p) for p in self.exp.train.paths()]), model).to(self.device)
         self.ddp_model = model
         if self.world > 1:
+            ignore = self_synced_buffers(model)
+            if ignore:   # kept equal on every process by the module itself: not broadcast
+                torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    model, ignore)
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=getattr(method, "ddp_find_unused_parameters", False))
@@ -703,6 +707,15 @@ class Trainer:
 
     def _write_metrics_json(self):
         rundir.write_json(self.run_dir / rundir.METRICS, self.final_metrics())
+
+
+def self_synced_buffers(model) -> list[str]:
+    """The buffers of ``model`` (names as ``model.named_buffers`` gives them) of the submodules
+    marked ``synced_by_itself``: they update from data gathered across processes, so that each
+    process holds the same values without DDP broadcasting rank 0's before every forward."""
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, module in model.named_modules() if getattr(module, "synced_by_itself", False)
+            for name, _ in module.named_buffers(recurse=False)]
 
 
 def resume_refusal(run_dir, refused: dict) -> str:
