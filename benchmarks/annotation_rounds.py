@@ -258,8 +258,7 @@ def oracle_ask(labels: Path, ask: Path, truth: dict, budget: int, seed: int) -> 
     import numpy as np
     from mlrpl.data import read_dataset
     from mlrpl.data.encoding import POS, UNK
-    from mlrpl.deploy.suggest import _round_robin
-    from mlrpl.utils.files import atomic_write
+    from mlrpl.deploy.suggest import _image_spelling, _round_robin, write_ask_file
     ls = read_dataset("csv", labels)
     partial = np.asarray(ls.labels)
     paths = ls.paths()
@@ -269,14 +268,10 @@ def oracle_ask(labels: Path, ask: Path, truth: dict, budget: int, seed: int) -> 
     draw = np.random.default_rng(seed).random(len(ii))
     order = _round_robin(cc, np.where(hidden_pos, 0.0, 1.0) + 0.5 * draw,
                          (partial == POS).sum(0))[:budget]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", "label", "value", "rank", "score", "reason"])
-    for rank, k in enumerate(order, 1):
-        rel = os.path.relpath(os.path.realpath(paths[ii[k]]), ask.parent)
-        w.writerow([rel, ls.classes[cc[k]], "", rank, "",
-                    "oracle: hidden " + ("positive" if hidden_pos[k] else "negative")])
-    atomic_write(ask, lambda fh: fh.write(buf.getvalue()), mode="w", newline="")
+    write_ask_file([{"image": _image_spelling(paths[ii[k]], ls.items[ii[k]], ask.parent),
+                     "label": ls.classes[cc[k]], "rank": rank, "score": None,
+                     "reason": "oracle: hidden " + ("positive" if hidden_pos[k] else "negative")}
+                    for rank, k in enumerate(order, 1)], ask)
 
 
 def fill_answers(ask: Path, answers: Path, truth: dict, classes) -> None:

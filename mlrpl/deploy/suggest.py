@@ -46,7 +46,7 @@ import numpy as np
 from mlrpl.data.encoding import NEG, POS, UNK
 from mlrpl.errors import DataError, MlrplError
 
-__all__ = ["STRATEGIES", "rank_entries", "suggest", "training_probabilities"]
+__all__ = ["STRATEGIES", "rank_entries", "suggest", "training_probabilities", "write_ask_file"]
 
 STRATEGIES = ("random", "uncertainty", "class-balance", "expected-gain")
 MIN_POSITIVES_FOR_OWN_CUT = 3
@@ -421,6 +421,21 @@ def _image_spelling(path: Path, item: str, out_dir: Path | None) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
 
 
+def write_ask_file(rows, out, keep_old: bool = False) -> None:
+    """Write an ask file (atomically): ``image,label,value,rank,score,reason`` with ``value``
+    blank; ``rows`` dicts with image, label, rank, score (None: blank) and reason."""
+    from mlrpl.utils.files import atomic_write
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "label", "value", "rank", "score", "reason"])
+    for r in rows:
+        score = "" if r["score"] is None else f"{r['score']:.6g}"
+        w.writerow([r["image"], r["label"], "", r["rank"], score, r["reason"]])
+    text = buf.getvalue()
+    atomic_write(out, lambda fh: fh.write(text), mode="w", keep_old=keep_old, newline="",
+                 encoding="utf-8")
+
+
 def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=None,
             seed: int = 0, out=None, force: bool = False, thresholds="auto", overrides=(),
             backbone_weights=None, warn=None, show_progress=None) -> dict:
@@ -431,7 +446,7 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
     reason), ``out``, ``unknown_entries``, ``images`` (training images scored), ``entries``
     (their entries), ``thresholds_source``, ``label_file``, ``note`` (or None), ``strategy``.
     """
-    from mlrpl.utils.files import atomic_write, check_output
+    from mlrpl.utils.files import check_output
     per_image = check_request(budget, strategy, per_image)
     out = None if out is None else check_output(out, force, "ask file")
     model, ckpt, cfg, train, partial, note = training_labels(checkpoint, overrides,
@@ -452,14 +467,7 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
         r["image"] = _image_spelling(paths[i], train.items[i], out_dir)
         r["label"] = train.classes[j]
     if out is not None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image", "label", "value", "rank", "score", "reason"])
-        for r in rows:
-            w.writerow([r["image"], r["label"], "", r["rank"], f"{r['score']:.6g}", r["reason"]])
-        text = buf.getvalue()
-        atomic_write(out, lambda fh: fh.write(text), mode="w", keep_old=force, newline="",
-                     encoding="utf-8")
+        write_ask_file(rows, out, keep_old=force)
     return {"rows": rows, "out": None if out is None else str(out),
             "unknown_entries": int((partial == UNK).sum()), "images": len(train),
             "entries": int(partial.size), "thresholds_source": source,

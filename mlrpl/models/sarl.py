@@ -134,8 +134,12 @@ class ElementWiseClassifier(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound))
 
-    def forward(self, o: torch.Tensor) -> torch.Tensor:
-        return (o * self.weight).sum(-1) + self.bias
+    def forward(self, o: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """o (..., C, D) -> (..., C); or, with ``classes`` (long, o's shape without D), each
+        row's score by the classifier of its class."""
+        if classes is None:
+            return (o * self.weight).sum(-1) + self.bias
+        return (o * self.weight[classes]).sum(-1) + self.bias[classes]
 
 
 class SARLTrunk(nn.Module):
@@ -183,9 +187,7 @@ class SARLTrunk(nn.Module):
         d = semantic.shape[-1]
         w = self.fc_o.weight
         o = torch.tanh(F.linear(semantic, w[:, :d] + w[:, d:], self.fc_o.bias))
-        if classes is None:
-            return self.classifier(o)
-        return (o * self.classifier.weight[classes]).sum(-1) + self.classifier.bias[classes]
+        return self.classifier(o, classes)
 
     def classify(self, semantic: torch.Tensor, plain: Optional[torch.Tensor] = None,
                  changed: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
@@ -217,8 +219,7 @@ class SARLTrunk(nn.Module):
         rows = idx[..., None].expand(-1, -1, d)
         refined = self.ggnn.refine(semantic, self.graph, idx)                # (B, R, D)
         o = torch.tanh(self.fc_o(torch.cat([refined, semantic.gather(1, rows)], dim=-1)))
-        s = (o * self.classifier.weight[idx]).sum(-1) + self.classifier.bias[idx]
-        return plain.scatter(1, idx, s), semantic.scatter(1, rows, refined), plain
+        return plain.scatter(1, idx, self.classifier(o, idx)), semantic.scatter(1, rows, refined), plain
 
     def forward(self, maps: torch.Tensor) -> dict:
         out = self.encode(maps)

@@ -259,7 +259,8 @@ def blended_forward(self, out, blends: dict, target):
     sizes = [len(r) for r in rows.values()]
     new = [None] * len(blends)
     if sum(sizes):
-        stacked = semantic[torch.cat(list(rows.values()))]              # (R, C, D), a copy
+        images = torch.cat(list(rows.values()))
+        stacked = semantic[images]                                      # (R, C, D), a copy
         at, cls, values, offset = [], [], [], 0
         for (module, (_, n, c, v, _)), size in zip(blends.items(), sizes):
             at.append(offset + torch.searchsorted(rows[module], n))     # n is among the rows
@@ -272,7 +273,7 @@ def blended_forward(self, out, blends: dict, target):
         # are the first pass's (the same features): only the blended entries' are computed.
         plain = out.get("pre_graph_logits")
         if plain is not None:
-            plain = plain[torch.cat(list(rows.values()))]
+            plain = plain[images]
         new = self.trunk.classify(stacked, plain, (at, cls))[0].split(sizes)
     for (module, (sel, _, _, _, soft)), logits in zip(blends.items(), new):
         out[f"logits_{module}"] = (out["logits"].index_put((rows[module],), logits)
