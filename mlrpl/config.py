@@ -59,6 +59,10 @@ class PriorConfig:
     # labels and scaled by a trust in [0, 1] (0 where it does not beat chance; the class name's
     # similarity where too few labels are known: mlrpl.models.prior_trust); none: full trust
     trust: str = "known_labels"
+    # window sizes the ImageNet classifier also looks at, as fractions of the feature map's side
+    # (1: the whole image); per class the best window of each size, the sizes averaged in logit
+    # space, so an object that does not dominate the photo still scores. [1.0]: whole image only
+    regions: Any = field(default_factory=lambda: [1.0, 0.5, 0.25])
 
 
 @dataclass
@@ -312,6 +316,10 @@ _RANGES = {
     "model.prior.top_k": (lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
     "model.prior.temperature": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
     "model.prior.weight": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "model.prior.regions": (lambda v: not isinstance(v, (str, bytes)) and len(v) >= 1
+                            and all(0.0 < float(x) <= 1.0 for x in v),
+                            "a non-empty list of window sizes, each a fraction of the feature "
+                            "map's side in (0, 1] (1 = the whole image), e.g. [1.0, 0.5, 0.25]"),
     "optim.lr": (lambda v: math.isfinite(v) and v > 0, "a positive learning rate"),
     "optim.weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
     "optim.momentum": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
@@ -339,7 +347,7 @@ def _check_ranges(cfg) -> None:
         v = OmegaConf.select(cfg, key, default=None)
         try:
             good = bool(ok(v))
-        except TypeError:  # None where a number is needed
+        except (TypeError, ValueError):  # None or text where a number is needed
             good = False
         if not good:
             raise ConfigError(f"bad value for '{key}': {v!r}; expected {expected}")

@@ -184,7 +184,7 @@ def test_demo_falls_back_to_generated_data(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "COCO128 was not found" in out and "generated shapes" in out
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
-    for name in ("p0.3", "p0.3_prior", "p1.0", "p0.3_random_backbone"):
+    for name in ("p0.3", "p0.3_prior_whole", "p0.3_prior", "p1.0", "p0.3_random_backbone"):
         assert (tmp_path / "demo" / name / "best.pt").is_file()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlrpl.errors import ConfigError
-from mlrpl.models.prior import ClassifierPrior, imagenet_categories, mixing_matrix
+from mlrpl.models.prior import ClassifierPrior, imagenet_categories, mixing_matrix, windows
 from tests.deploy_helpers import make_own_csv_data, train_own_model
 
 
@@ -38,6 +38,80 @@ def test_prior_is_the_logit_of_the_mixed_imagenet_probability():
     torch.testing.assert_close(torch.sigmoid(out), m, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(prior(maps.mean((2, 3))), out)      # pooled input: the same
     torch.testing.assert_close(ClassifierPrior(w, b, mix, scale=0.5)(maps), 0.5 * out)
+
+
+def test_windows_overlap_by_half_and_cover_the_map():
+    assert windows(14, 1.0) == (14, [0])
+    assert windows(14, 0.5) == (7, [0, 4, 7])
+    assert windows(14, 0.25) == (4, [0, 2, 4, 6, 8, 10])
+    assert windows(7, 0.5) == (4, [0, 2, 3])
+    assert windows(1, 0.25) == (1, [0])
+    for side in range(1, 21):
+        for fraction in (1.0, 0.75, 0.5, 0.33, 0.25, 0.1):
+            w, starts = windows(side, fraction)
+            covered = set()
+            for a in starts:
+                assert 0 <= a and a + w <= side
+                covered |= set(range(a, a + w))
+            assert covered == set(range(side)), (side, fraction)
+            # neighbours overlap by about half a window, never leave a gap
+            assert all(b - a <= max(1, -(-w // 2)) for a, b in zip(starts, starts[1:]))
+
+
+def _hand_prior(maps, w, b, mix, fractions):
+    """The windowed prior written out: per size, every window pooled and classified, per class
+    the best window's mixed probability; the sizes' logits averaged."""
+    def m_of(x):
+        return torch.softmax(x @ w.T + b, -1) @ mix.T
+    parts = []
+    for f in fractions:
+        (wh, rows), (ww, cols) = windows(maps.shape[2], f), windows(maps.shape[3], f)
+        best = torch.stack([m_of(maps[:, :, r:r + wh, c:c + ww].mean((2, 3)))
+                            for r in rows for c in cols]).amax(0)
+        parts.append(torch.log(best + 1e-8) - torch.log1p(1e-8 - best))
+    return torch.stack(parts).mean(0)
+
+
+def test_the_prior_finds_an_object_that_does_not_dominate_the_image():
+    # source 0 is "background", source 1 the small object; class 0 mixes source 1 alone
+    w, b = torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.zeros(2)
+    mix = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[:, 0] = 1.0                          # background everywhere ...
+    maps[0, :, 0, 0] = torch.tensor([0.0, 3.0])   # ... but one corner cell holds the object
+    whole = ClassifierPrior(w, b, mix, regions=[1.0])(maps)
+    windowed = ClassifierPrior(w, b, mix, regions=[1.0, 0.25])(maps)
+    # pooled over the image the object is 1/16 of the evidence; its own window finds it
+    assert torch.sigmoid(whole)[0, 0] < 0.05 and torch.sigmoid(windowed)[0, 0] > 0.95
+    # the background keeps its score: its best window is as sure as the whole image
+    assert torch.sigmoid(windowed)[0, 1] > 0.95
+    torch.testing.assert_close(windowed, _hand_prior(maps, w, b, mix, [1.0, 0.25]))
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(5, 3, generator=g), torch.randn(5, generator=g)
+    mix = torch.softmax(torch.randn(4, 5, generator=g), 1)
+    maps = torch.randn(2, 3, 14, 14, generator=g)
+    for fractions in ([1.0], [1.0, 0.5, 0.25], [0.3]):
+        torch.testing.assert_close(ClassifierPrior(w, b, mix, 2.0, fractions)(maps),
+                                   2.0 * _hand_prior(maps, w, b, mix, fractions))
+
+
+def test_a_checkpoint_keeps_its_windows():
+    g = torch.Generator().manual_seed(4)
+    w, b = torch.randn(5, 3, generator=g), torch.randn(5, generator=g)
+    mix = torch.softmax(torch.randn(2, 5, generator=g), 1)
+    maps = torch.randn(2, 3, 8, 8, generator=g)
+    written = ClassifierPrior(w, b, mix, regions=[1.0, 0.5])
+    empty = ClassifierPrior(torch.zeros(5, 3), torch.zeros(5), torch.zeros(2, 5))   # [1.0]
+    empty.load_state_dict(written.state_dict())
+    assert empty.regions.tolist() == [1.0, 0.5]
+    torch.testing.assert_close(empty(maps), written(maps))
+    # a checkpoint from before the windows: the whole image, whatever the configuration says
+    old = {k: v for k, v in written.state_dict().items() if k != "regions"}
+    configured = ClassifierPrior(torch.zeros(5, 3), torch.zeros(5), torch.zeros(2, 5),
+                                 regions=[1.0, 0.5, 0.25])
+    configured.load_state_dict(old)
+    assert configured.regions.tolist() == [1.0]
+    torch.testing.assert_close(configured(maps), ClassifierPrior(w, b, mix)(maps))
 
 
 def test_the_model_adds_the_prior_to_the_logits_only():
@@ -81,6 +155,11 @@ def test_a_backbone_without_its_classifier_is_a_clear_error():
     ("model.prior.top_k=0", "model.prior.top_k"),
     ("model.prior.temperature=0", "model.prior.temperature"),
     ("model.prior.weight=-1", "model.prior.weight"),
+    ("model.prior.regions=[]", "model.prior.regions"),
+    ("model.prior.regions=[1.0,0.0]", "model.prior.regions"),
+    ("model.prior.regions=[1.5]", "model.prior.regions"),
+    ("model.prior.regions=0.5", "model.prior.regions"),
+    ("model.prior.regions=[half]", "model.prior.regions"),
 ])
 def test_bad_prior_settings(override, needle):
     from mlrpl.config import load_config
@@ -119,21 +198,22 @@ def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
     np.testing.assert_allclose(p_pred, fused, atol=1e-5)
     assert not np.allclose(p_pred, plain, atol=1e-3)   # the prior is part of the prediction
     # the prior's part is the hand formula on the checkpoint's buffers: model.prior.weight x the
-    # logit of the ImageNet probabilities (of the pooled map) mixed by the class mixing matrix,
-    # times each class's trust
+    # logit of the ImageNet probabilities mixed by the class mixing matrix, per window size the
+    # best window, the sizes averaged (the default sizes, kept in the checkpoint), times each
+    # class's trust
     scale = float(load_checkpoint(ckpt)["config"]["model"]["prior"]["weight"])
+    assert state["prior.regions"].tolist() == [1.0, 0.5, 0.25]
+    assert record["prior"]["regions"] == [1.0, 0.5, 0.25]
     with torch.no_grad():
-        q = torch.softmax(f.mean((2, 3)) @ state["prior.classifier_weight"].T + state["prior.classifier_bias"], 1)
-        mixed = q @ state["prior.mix"].T
+        hand = _hand_prior(f, state["prior.classifier_weight"], state["prior.classifier_bias"],
+                           state["prior.mix"], [1.0, 0.5, 0.25])
         torch.testing.assert_close(model.model.prior(f),
                                    model.model.prior.untrusted(f) * state["prior.trust"])
-        torch.testing.assert_close(torch.sigmoid(model.model.prior.untrusted(f) / scale), mixed,
-                                   rtol=1e-4, atol=1e-6)
-        m = mixed.double()                          # the logit, kept finite by eps = 1e-8
-        logit = (torch.log(m + 1e-8) - torch.log1p(1e-8 - m)).float()
+        torch.testing.assert_close(model.model.prior.untrusted(f) / scale, hand,
+                                   rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model.model.head(f)["logits"],
                                    model.model.method(f, None)["logits"]
-                                   + scale * logit * state["prior.trust"].float(),
+                                   + scale * hand * state["prior.trust"].float(),
                                    rtol=1e-4, atol=1e-4)
     # the run's own evaluation scored the same model: the checkpoint, evaluated again, gives the
     # best epoch's recorded mAP

@@ -109,7 +109,8 @@ def test_no_gradient_flows_through_the_prior(name):
 
 def test_checkpoints_with_the_old_buffer_names_still_load():
     """Checkpoints written when the classifier's buffers were called ``weight``/``bias`` (and
-    before per-class trust) load into today's prior, with full trust."""
+    before per-class trust and windows) load into today's prior, with full trust, on the whole
+    image."""
     new = ClassifierPrior(torch.randn(5, 3), torch.randn(5), torch.softmax(torch.randn(2, 5), 1))
     old = {"weight": new.classifier_weight.clone(), "bias": new.classifier_bias.clone(),
            "mix": new.mix.clone()}
@@ -118,4 +119,6 @@ def test_checkpoints_with_the_old_buffer_names_still_load():
     fresh.load_state_dict(old)
     x = torch.randn(4, 3)
     torch.testing.assert_close(fresh(x), new(x))
-    assert set(fresh.state_dict()) == {"classifier_weight", "classifier_bias", "mix", "trust"}
+    assert set(fresh.state_dict()) == {"classifier_weight", "classifier_bias", "mix", "trust",
+                                       "regions"}
+    assert fresh.regions.tolist() == [1.0]

@@ -318,10 +318,16 @@ class Trainer:
             from mlrpl.models.prior import imagenet_categories
             m = prior.matches(list(self.exp.train.classes), imagenet_categories())
             extra["prior"] = {"source": "imagenet", "encoder": "all-MiniLM-L6-v2",
-                              "closest": prior.closest, "mixed": m}
+                              "regions": prior.regions.tolist(), "closest": prior.closest,
+                              "mixed": m}
             far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
-            log.info(f"class prior from the backbone's ImageNet classifier (the ImageNet names "
-                     f"mixed into each class: 'prior' in run.json); {len(far)} of {len(m)} "
+            sizes = prior.regions.tolist()
+            where = ("the whole image" if sizes == [1.0] else
+                     "windows of " + ", ".join(f"{r:g}" for r in sizes)
+                     + " of the image's side (1: the whole image), each class's best window")
+            log.info(f"class prior from the backbone's ImageNet classifier on {where} "
+                     f"(model.prior.regions; the ImageNet names mixed into each class: 'prior' "
+                     f"in run.json); {len(far)} of {len(m)} "
                      f"classes have no ImageNet name with similarity >= 0.5"
                      + (f" (e.g. {', '.join(far[:6])}): the prior knows little of those"
                         if far else ""))

@@ -11,6 +11,20 @@ class before a single label is seen, including the classes that have no known po
     m(x)     = A · q(x)                                            a probability per class
     prior(x) = weight · logit(m(x))      (log(m + eps) - log(1 - m + eps); sigmoid(prior) = m)
 
+Pooled over the whole image, q(x) describes the object that dominates the photo; the bottle on the
+table, the remote beside the sofa barely move it. So the classifier also looks at windows of the
+feature map (``model.prior.regions``: window sides as fractions of the map's side, 1 the whole
+image; the default [1, 0.5, 0.25] looks at the image, at half-size windows, the size of the
+classifier's own 224-pixel training crops when images are 448 pixels, and at quarter-size ones).
+The windows of one size overlap by half and tile the map; each window is pooled and classified
+like the whole image, a class takes its best window (``m_s(x) = max_w A · q(window w)``, multiple
+instance pooling: the object need only be in one), and the sizes are averaged in logit space:
+
+    prior(x) = weight · mean_s logit(m_s(x))
+
+Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), small
+beside a backbone's forward pass. ``regions: [1.0]`` is the whole-image prior alone.
+
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
 ImageNet category names. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
 the method's loss trains the head as a correction to the prior: with a zero head the model's
@@ -19,6 +33,8 @@ are buffers of the model, so checkpoints, bundles, ``predict`` and ``export`` ca
 classifier itself never trains.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -52,20 +68,37 @@ def mixing_matrix(class_emb: np.ndarray, source_emb: np.ndarray, top_k: int,
     return torch.zeros_like(sim).scatter(1, top.indices, torch.softmax(top.values / temperature, 1))
 
 
+def windows(side: int, fraction: float) -> tuple[int, list[int]]:
+    """Along one side of `side` cells: the window size (``fraction · side`` rounded half up, at
+    least 1 cell) and the start of each window. Windows overlap by half and are spread evenly from
+    the first cell to the last, so together they cover the side.
+
+    >>> windows(14, 1.0), windows(14, 0.5), windows(14, 0.25)
+    ((14, [0]), (7, [0, 4, 7]), (4, [0, 2, 4, 6, 8, 10]))
+    """
+    w = min(side, max(1, math.floor(fraction * side + 0.5)))
+    if w == side:
+        return w, [0]
+    n = math.ceil((side - w) / (w / 2)) + 1
+    return w, sorted({int(math.floor(o + 0.5)) for o in np.linspace(0, side - w, n)})
+
+
 class ClassifierPrior(nn.Module):
-    """features (B, F, H, W) or pooled (B, F) -> (B, C) prior logits, ``scale · trust_c · logit(m_c)``.
+    """features (B, F, H, W) -> (B, C) prior logits, ``scale · trust_c · mean_s logit(m_s,c)``.
 
     Buffers: ``classifier_weight`` (K, F) and ``classifier_bias`` (K,), the ImageNet classifier;
     ``mix`` (C, K), the name mixing; ``trust`` (C,), each class's trust in [0, 1] (ones until
-    :func:`mlrpl.models.prior_trust.measure_trust` sets it from the known labels). The input is
-    detached: no gradient reaches the backbone through the prior, whatever ``model.freeze`` says,
-    and the classifier never trains."""
+    :func:`mlrpl.models.prior_trust.measure_trust` sets it from the known labels); ``regions``
+    (S,), the window sizes, kept with the model so a checkpoint scores as it was trained (one
+    written before windows existed loads as ``[1.0]``). Pooled features (B, F) hold no windows:
+    every size is then the whole image. The input is detached: no gradient reaches the backbone
+    through the prior, whatever ``model.freeze`` says, and the classifier never trains."""
 
     # buffer names of checkpoints written before the classifier's buffers were renamed
     _OLD_NAMES = {"weight": "classifier_weight", "bias": "classifier_bias"}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mix: torch.Tensor,
-                 scale: float = 1.0):
+                 scale: float = 1.0, regions=(1.0,)):
         super().__init__()
         if weight.shape[0] != bias.shape[0] or weight.shape[0] != mix.shape[1]:
             raise ValueError(f"prior: classifier {tuple(weight.shape)} / {tuple(bias.shape)} and "
@@ -74,6 +107,7 @@ class ClassifierPrior(nn.Module):
         self.register_buffer("classifier_bias", bias.float().clone())
         self.register_buffer("mix", mix.float().clone())
         self.register_buffer("trust", torch.ones(mix.shape[0]))
+        self.register_buffer("regions", torch.tensor([float(r) for r in regions]))
         self.scale = float(scale)
         self.closest: dict | None = None   # set by build_prior: class -> (ImageNet name, cosine)
 
@@ -83,6 +117,10 @@ class ClassifierPrior(nn.Module):
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
         if prefix + "trust" not in state_dict:       # written before per-class trust: full trust
             state_dict[prefix + "trust"] = torch.ones_like(self.trust)
+        if prefix + "regions" not in state_dict:     # written before windows: the whole image
+            state_dict[prefix + "regions"] = torch.ones(1)
+        # the checkpoint's window sizes, however many the configuration names
+        self.regions = torch.empty_like(state_dict[prefix + "regions"], device=self.regions.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def imagenet_probabilities(self, features: torch.Tensor) -> torch.Tensor:
@@ -93,13 +131,30 @@ class ClassifierPrior(nn.Module):
         return torch.softmax(nn.functional.linear(x, self.classifier_weight, self.classifier_bias), 1)
 
     def mixed(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C) m(x): the ImageNet probabilities mixed into each class (no gradient)."""
+        """(B, C) m(x): the whole image's ImageNet probabilities mixed into each class (no
+        gradient)."""
         return self.imagenet_probabilities(features) @ self.mix.T
 
+    def mixed_in_windows(self, features: torch.Tensor, fraction: float) -> torch.Tensor:
+        """(B, C) m_s(x): per class, the best of the windows of size `fraction` (no gradient)."""
+        x = features.detach().float()
+        if x.dim() == 2 or fraction >= 1.0:
+            return self.mixed(x)
+        (wh, rows), (ww, cols) = windows(x.shape[2], fraction), windows(x.shape[3], fraction)
+        pooled = torch.stack([x[:, :, r:r + wh, c:c + ww].mean(dim=(2, 3))
+                              for r in rows for c in cols], 1)                   # (B, R, F)
+        q = torch.softmax(nn.functional.linear(pooled, self.classifier_weight,
+                                               self.classifier_bias), -1)        # (B, R, K)
+        return (q @ self.mix.T).amax(dim=1)
+
     def untrusted(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C) ``scale · logit(m)``: the prior before per-class trust."""
-        m = self.mixed(features)
-        return self.scale * (torch.log(m + EPS) - torch.log1p(EPS - m))
+        """(B, C) ``scale · mean_s logit(m_s)``: the prior before per-class trust."""
+        total = None
+        for fraction in self.regions.tolist():
+            m = self.mixed_in_windows(features, fraction)
+            part = torch.log(m + EPS) - torch.log1p(EPS - m)
+            total = part if total is None else total + part
+        return self.scale * (total / len(self.regions))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.untrusted(features) * self.trust
@@ -112,7 +167,8 @@ class ClassifierPrior(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"classes={self.mix.shape[0]}, source={self.mix.shape[1]}, "
-                f"features={self.classifier_weight.shape[1]}, scale={self.scale}")
+                f"features={self.classifier_weight.shape[1]}, scale={self.scale}, "
+                f"regions={self.regions.tolist()}")
 
 
 def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
@@ -125,7 +181,7 @@ def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
     c, f = len(classes), int(backbone.out_channels)
     if not with_data:
         return ClassifierPrior(torch.zeros(1000, f), torch.zeros(1000), torch.zeros(c, 1000),
-                               pc.weight)
+                               pc.weight, pc.regions)
     head = getattr(backbone, "imagenet_head", None)
     if head is None:
         raise ConfigError(f"model.prior=imagenet needs the backbone's pretrained ImageNet "
@@ -138,7 +194,7 @@ def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
     source = imagenet_categories()
     ec, es = sentence_embeddings(list(classes)), sentence_embeddings(source)
     prior = ClassifierPrior(head[0], head[1], mixing_matrix(ec, es, pc.top_k, pc.temperature),
-                            pc.weight)
+                            pc.weight, pc.regions)
     # Each class's closest ImageNet name (cosine similarity): what the run record reports.
     best = name_similarity(ec, es).max(dim=1)
     prior.closest = {c: (source[int(i)], round(float(v), 3))
