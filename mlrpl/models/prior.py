@@ -22,8 +22,9 @@ instance pooling: the object need only be in one), and the sizes are averaged in
 
     prior(x) = weight · mean_s logit(m_s(x))
 
-Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), small
-beside a backbone's forward pass. ``regions: [1.0]`` is the whole-image prior alone.
+Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), a few
+percent beside a backbone's forward pass but most of a step on cached feature maps
+(benchmarks/prior_windows_cost.py). ``regions: [1.0]`` is the whole-image prior alone.
 
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
 ImageNet category names. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
