@@ -8,9 +8,10 @@ per-class maximum and the mean over sizes) on random feature maps of EfficientNe
 with random classifier weights (the cost does not depend on their values), for each window set
 of ``--regions``, interleaved over ``--repeats`` rounds so that a busy machine slows every set
 alike; prints the median per set and its ratio to the whole image alone (``[1.0]``). For scale,
-a cached-feature pbce step on the same batch is a (B, F) x (F, C) product: the prior dominates it,
-while beside a backbone forward pass (EfficientNet-Lite0 at 448 pixels: about 1.6 GMAC per image)
-it is small.
+the same rounds time the backbone's forward pass on images of the matching size (``--backbone``,
+EfficientNet-Lite0 with random weights at 448 pixels for a 14 x 14 map: the cost does not depend
+on the weights either), and each set's share of backbone + prior; a cached-feature pbce step on
+the same batch is only a (B, F) x (F, C) product, which the prior dominates.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--regions", nargs="*", default=["1.0", "1.0,0.5", "1.0,0.5,0.25"])
+    ap.add_argument("--backbone", default="efficientnet_lite0",
+                    help="backbone timed for scale (random weights); 'none' skips it")
     args = ap.parse_args(argv)
     from mlrpl.models.prior import ClassifierPrior, windows
     torch.set_num_threads(args.threads)
@@ -43,22 +46,33 @@ def main(argv=None) -> None:
     maps = torch.randn(args.batch, args.features, args.side, args.side, generator=g)
     sets = [[float(x) for x in r.split(",")] for r in args.regions]
     priors = [ClassifierPrior(w, b, mix, regions=r) for r in sets]
-    times: list[list[float]] = [[] for _ in sets]
+    runs = [lambda p=p: p(maps) for p in priors]
+    if args.backbone != "none":
+        from mlrpl.models.backbones import create_backbone
+        net = create_backbone(args.backbone, pretrained=False).eval()
+        images = torch.randn(args.batch, 3, 32 * args.side, 32 * args.side, generator=g)
+        runs.append(lambda: net(images))
+    times: list[list[float]] = [[] for _ in runs]
     with torch.no_grad():
-        for p in priors:
-            p(maps)                                    # warm-up
+        for run in runs:
+            run()                                      # warm-up
         for _ in range(args.repeats):
-            for i, p in enumerate(priors):
+            for i, run in enumerate(runs):
                 t0 = time.perf_counter()
-                p(maps)
+                run()
                 times[i].append((time.perf_counter() - t0) / args.batch * 1e3)
     base = statistics.median(times[0])
+    net_ms = statistics.median(times[-1]) if args.backbone != "none" else None
     print(f"prior on {args.batch} maps of {args.features} x {args.side} x {args.side}, "
           f"{args.classes} classes, {args.threads} thread(s); median of {args.repeats}")
     for r, t in zip(sets, times):
         n = sum(len(windows(args.side, f)[1]) ** 2 for f in r)
-        print(f"  regions={str(r):22s} {n:3d} windows  {statistics.median(t):7.3f} ms per image  "
-              f"x{statistics.median(t) / base:5.1f}")
+        ms = statistics.median(t)
+        share = "" if net_ms is None else f"  {100 * ms / (ms + net_ms):5.1f}% of backbone + prior"
+        print(f"  regions={str(r):22s} {n:3d} windows  {ms:7.3f} ms per image  "
+              f"x{ms / base:5.1f}{share}")
+    if net_ms is not None:
+        print(f"  {args.backbone} forward at {32 * args.side} pixels: {net_ms:.1f} ms per image")
 
 
 if __name__ == "__main__":

@@ -317,11 +317,10 @@ class Trainer:
         if prior is not None:
             from mlrpl.models.prior import imagenet_categories
             m = prior.matches(list(self.exp.train.classes), imagenet_categories())
-            extra["prior"] = {"source": "imagenet", "encoder": "all-MiniLM-L6-v2",
-                              "regions": prior.regions.tolist(), "closest": prior.closest,
-                              "mixed": m}
-            far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
             sizes = prior.regions.tolist()
+            extra["prior"] = {"source": "imagenet", "encoder": "all-MiniLM-L6-v2",
+                              "regions": sizes, "closest": prior.closest, "mixed": m}
+            far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
             where = ("the whole image" if sizes == [1.0] else
                      "windows of " + ", ".join(f"{r:g}" for r in sizes)
                      + " of the image's side (1: the whole image), each class's best window")

@@ -1,14 +1,15 @@
 """``mlrpl demo`` / ``make demo``: a first run in one command.
 
 Trains ``pbce`` on cached EfficientNet-Lite0 features of COCO128 train2017 with 30% of the labels
-known (HCP protocol, seed 0); beside it, on the same labels, ``pbce`` with the ImageNet class
-prior as it was first built (the whole image, full weight: ``model.prior.regions=[1.0]``,
+known (HCP protocol, seed 0); beside it, on the same labels, ``pbce`` with the ImageNet class prior
+as it was first built (the whole image, full weight: ``model.prior.regions=[1.0]``,
 ``model.prior.trust=none``) and the best partial-label configuration measured on the CPU sets
 (``model.prior.name=imagenet`` with its defaults: trusted per class by the known labels, and
 looking at windows of the image as well as the whole); ``pbce`` with 100% known (the reference);
 and, as a floor, the 30% model on a randomly initialised backbone. It evaluates all five on
-val2017, prints a table and writes the run directories and a PNG plot. Without a copy of COCO128 it says how to get one and runs on a
-small multi-label image set that it generates itself, so that it always runs offline.
+val2017, prints a table and writes the run directories and a PNG plot. Without a copy of COCO128 it
+says how to get one and runs on a small multi-label image set that it generates itself, so that it
+always runs offline.
 """
 from __future__ import annotations
 

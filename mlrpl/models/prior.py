@@ -22,8 +22,8 @@ instance pooling: the object need only be in one), and the sizes are averaged in
 
     prior(x) = weight · mean_s logit(m_s(x))
 
-Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), a few
-percent beside a backbone's forward pass but most of a step on cached feature maps
+Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), about
+1% beside a backbone's forward pass but most of a step on cached feature maps
 (benchmarks/prior_windows_cost.py). ``regions: [1.0]`` is the whole-image prior alone.
 
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
