@@ -10,8 +10,9 @@ of ``--regions``, interleaved over ``--repeats`` rounds so that a busy machine s
 alike; prints the median per set and its ratio to the whole image alone (``[1.0]``). For scale,
 the same rounds time the backbone's forward pass on images of the matching size (``--backbone``,
 EfficientNet-Lite0 with random weights at 448 pixels for a 14 x 14 map: the cost does not depend
-on the weights either), and each set's share of backbone + prior; a cached-feature pbce step on
-the same batch is only a (B, F) x (F, C) product, which the prior dominates.
+on the weights either), and each set's share of backbone + prior. A cached-feature pbce step on the same batch is
+only a (B, F) x (F, C) product, which the prior would dominate; the trainer therefore computes a
+cached map's prior once, before the first epoch (docs/decisions.md, "Once per cached map").
 """
 from __future__ import annotations
 

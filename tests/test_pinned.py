@@ -200,9 +200,10 @@ def test_method_matches_pinned_values(name, uninterrupted):
 # and absolute sums of every saved tensor are compared up to this share of the absolute sum).
 # clsl's transformer encoder and attention pooling carry float32 round-off through two epochs
 # of training: on an AVX-512/AMX Xeon the pinned run's biases moved by up to 0.7% of their
-# absolute sum against the machine that wrote the pins, while the per-epoch losses and metrics
-# (compared above at 1e-4) stayed equal.
-TENSOR_TOLERANCE = {"clsl": 1e-2}
+# absolute sum against the machine that wrote the pins, on another AMD EPYC by 1.1%
+# (attention.out.bias), while the per-epoch losses and metrics (compared above at 1e-4) stayed
+# equal on both.
+TENSOR_TOLERANCE = {"clsl": 2e-2}
 
 # State tensors whose name changed in the redesign (old key -> new key).
 RENAMED: dict[str, str] = {"method.prototypes": "method.prototypes.centres"}

@@ -223,6 +223,32 @@ def test_trained_with_the_prior_everywhere_the_model_predicts(trained):
                                                                         abs=1e-3)
 
 
+@pytest.mark.parametrize("plugin, mixed_epochs", [(None, 0), ("logicmix", 2)])
+def test_cached_maps_have_their_prior_computed_once(trained, tmp_path, monkeypatch, plugin,
+                                                    mixed_epochs):
+    """On cached maps the trainer computes each map's prior once (train and eval split), not at
+    every step and evaluation; maps a plug-in replaces (LogicMix mixes them) get their own."""
+    data, _ = trained
+    rows = []
+    real = ClassifierPrior.untrusted
+
+    def counted(self, features):
+        rows.append(int(features.shape[0]))
+        return real(self, features)
+
+    monkeypatch.setattr(ClassifierPrior, "untrusted", counted)
+    extra = ["plugins=[{name: logicmix, prob: 1.0}]"] if plugin else []
+    run = train_own_model(data, tmp_path / "run", "model.prior.name=imagenet", *extra)
+    n_train, n_val, per_epoch = 36, 12, 32    # batches of 8, the last short one dropped
+    assert sum(rows) == n_train + n_val + mixed_epochs * per_epoch
+    # the memoised prior is the one the maps give, and the run's recorded mAP is what the model
+    # scores without the memo (evaluated again from the checkpoint)
+    from mlrpl.engine.evaluate import evaluate_checkpoint
+    metrics = json.loads((run.parent / "metrics.json").read_text())
+    assert evaluate_checkpoint(run)["metrics"]["mAP"] == pytest.approx(metrics["best"]["mAP"],
+                                                                       abs=1e-4)
+
+
 def test_cft_refits_a_model_with_the_prior(trained, tmp_path, capsys):
     """CFT re-fits the final layer under the prior (tests/test_cft.py has the hand case); this
     run held no training images out, so its default selection is refused in one line."""

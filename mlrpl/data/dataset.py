@@ -168,6 +168,12 @@ class ImageDataset(Dataset):
                 "index": i}
 
 
+# The batch key of a cached feature map's untrusted prior logits (FeatureDataset.prior_untrusted),
+# computed once per image by the trainer; the trainer drops it from a batch whose features a
+# plug-in replaced (LogicMix's mixed maps have a prior of their own).
+PRIOR_MEMO_KEY = "prior_untrusted"
+
+
 class FeatureDataset(Dataset):
     """Cached backbone feature maps (fp16 on disk, fp32 out), under the batch key ``features``
     (the backbone's output) or ``prefix`` (the frozen layers' output, ``model.cache_prefix``)."""
@@ -181,10 +187,17 @@ class FeatureDataset(Dataset):
         self.features = features
         self.full = torch.as_tensor(full, dtype=torch.int8)
         self.target = self.full if partial is None else torch.as_tensor(partial, dtype=torch.int8)
+        # (N, C) the class prior's untrusted logits of each item's map, when the trainer has
+        # memoised them (the maps never change, so neither does their prior); batch key
+        # PRIOR_MEMO_KEY
+        self.prior_untrusted: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.full)
 
     def __getitem__(self, i):
-        return {self.key: torch.from_numpy(np.asarray(self.features[i], dtype=np.float32)),
+        item = {self.key: torch.from_numpy(np.asarray(self.features[i], dtype=np.float32)),
                 "target": self.target[i], "full": self.full[i], "index": i}
+        if self.prior_untrusted is not None:
+            item[PRIOR_MEMO_KEY] = self.prior_untrusted[i]
+        return item

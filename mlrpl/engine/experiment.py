@@ -16,6 +16,7 @@ from torch import nn
 
 from mlrpl.data import LabelSet, read_dataset
 from mlrpl.data.labelset import label_hash
+from mlrpl.data.dataset import PRIOR_MEMO_KEY
 from mlrpl.data.simulate import load_partial, provenance, simulate, write_outputs
 from mlrpl.utils import dist
 from mlrpl.errors import ConfigError, DataError, MlrplError
@@ -51,7 +52,9 @@ class MLRModel(nn.Module):
         others the model adds them to ``logits`` after the method's forward."""
         if self.prior is None:
             return self.method(features, batch)
-        prior = self.prior(features)          # detached inside: no gradient through the prior
+        # detached inside: no gradient through the prior; a cached map's is memoised in the batch
+        memo = None if batch is None else batch.get(PRIOR_MEMO_KEY)
+        prior = self.prior(features) if memo is None else self.prior(features, memo)
         if getattr(self.method, "reads_prior", False):
             out = dict(self.method(features, {**(batch or {}), "prior_logits": prior}))
         else:

@@ -28,6 +28,7 @@ from mlrpl.config import PATH_KEYS, resolved, to_yaml
 from mlrpl.engine import rundir
 from mlrpl.engine.checkpoint import (FORMAT, load_checkpoint, load_model_state, rng_state,
                                      set_rng_state)
+from mlrpl.data.dataset import PRIOR_MEMO_KEY, FeatureDataset
 from mlrpl.engine.evaluate import left_out_of_map, map_scope, predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
                                      build_model, check_evaluable, load_splits, make_dataset,
@@ -205,6 +206,7 @@ class Trainer:
         if resume:
             self._load_resume(self.run_dir / rundir.LAST)
         self._resumed = bool(resume)
+        self._memoise_prior()
         self.record = self._record_inputs(method)
         if resume and dist.is_main():
             self._sync_run_files()
@@ -502,7 +504,10 @@ class Trainer:
             batch["epoch"] = epoch
             batch["step"] = step
             batch["steps_per_epoch"] = len(loader)
+            seen = batch.get("features")
             batch = self.plugins.transform_batch(batch, epoch)
+            if batch.get("features") is not seen:    # new maps (LogicMix): their own prior
+                batch.pop(PRIOR_MEMO_KEY, None)
             with torch.autocast(device_type=dev_type, dtype=self.amp, enabled=self.amp is not None):
                 outputs = self.ddp_model(batch)
             terms = method.loss(outputs, batch, epoch)
@@ -562,6 +567,28 @@ class Trainer:
                                self.selection.labels)
 
     @torch.no_grad()
+    def _memoise_prior(self) -> None:
+        """With a class prior on cached feature maps, compute each map's untrusted prior logits
+        once (they depend on nothing that trains) and keep them in its dataset, which hands them
+        to the model in every batch: on cached maps the prior in windows otherwise costs more
+        than the rest of a step, every epoch. Maps that a plug-in replaces lose them (see
+        :meth:`train_one_epoch`); the fine-tuning regimes, whose maps change, never have them."""
+        prior = self.model.prior
+        if prior is None:
+            return
+        for ds in (self.train_ds, self.val_ds, self.select_ds):
+            if not isinstance(ds, FeatureDataset) or ds.key != "features":
+                continue
+            ds.prior_untrusted = None
+            loader = DataLoader(ds, batch_size=self.cfg.train.eval_batch_size,
+                                sampler=SequentialSampler(ds), num_workers=0)
+            rows = []
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.amp,
+                                                 enabled=self.amp is not None):
+                for batch in loader:
+                    rows.append(prior.untrusted(batch["features"].to(self.device)).float().cpu())
+            ds.prior_untrusted = torch.cat(rows) if rows else None
+
     def _eval_batches(self, dataset, desc: str):
         """(batch, outputs) over this process's shard of ``dataset`` (no shuffling), the model in
         evaluation mode with rank 0's buffers (as DDP's next forward will have them)."""

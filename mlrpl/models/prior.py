@@ -23,8 +23,10 @@ instance pooling: the object need only be in one), and the sizes are averaged in
     prior(x) = weight · mean_s logit(m_s(x))
 
 Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), about
-1% beside a backbone's forward pass but most of a step on cached feature maps
-(benchmarks/prior_windows_cost.py). ``regions: [1.0]`` is the whole-image prior alone.
+1% beside a backbone's forward pass (benchmarks/prior_windows_cost.py). On cached feature maps,
+which do not change from epoch to epoch, the trainer computes it once per image
+(:meth:`mlrpl.engine.trainer.Trainer` memoises it in the dataset) rather than at every step.
+``regions: [1.0]`` is the whole-image prior alone.
 
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
 ImageNet category names. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
@@ -157,8 +159,12 @@ class ClassifierPrior(nn.Module):
             total = part if total is None else total + part
         return self.scale * (total / len(self.regions))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.untrusted(features) * self.trust
+    def forward(self, features: torch.Tensor, untrusted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C) prior logits; `untrusted` (B, C), when given, is :meth:`untrusted` already
+        computed on these `features` (a cached feature map's, memoised by the trainer)."""
+        if untrusted is None:
+            untrusted = self.untrusted(features)
+        return untrusted.to(self.trust.dtype) * self.trust
 
     def matches(self, class_names: list[str], source_names: list[str], n: int = 3) -> dict:
         """Per class, its `n` heaviest source classes with their mixing weights."""
