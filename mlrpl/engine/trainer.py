@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from mlrpl.utils import dist, faults
 from mlrpl.config import PATH_KEYS, resolved, to_yaml
+from mlrpl.data.dataset import PRIOR_MEMO_KEY, FeatureDataset
 from mlrpl.engine import rundir
 from mlrpl.engine.checkpoint import (FORMAT, load_checkpoint, load_model_state, rng_state,
                                      set_rng_state)
-from mlrpl.data.dataset import PRIOR_MEMO_KEY, FeatureDataset
 from mlrpl.engine.evaluate import left_out_of_map, map_scope, predict_logits, score
 from mlrpl.engine.experiment import (Experiment, MLRModel, build_backbone, build_method,
                                      build_model, check_evaluable, load_splits, make_dataset,
@@ -566,7 +566,6 @@ class Trainer:
                                select_labels=None if self.selection is None else
                                self.selection.labels)
 
-    @torch.no_grad()
     def _memoise_prior(self) -> None:
         """With a class prior on cached feature maps, compute each map's untrusted prior logits
         once (they depend on nothing that trains) and keep them in its dataset, which hands them
@@ -579,16 +578,15 @@ class Trainer:
         for ds in (self.train_ds, self.val_ds, self.select_ds):
             if not isinstance(ds, FeatureDataset) or ds.key != "features":
                 continue
-            ds.prior_untrusted = None
-            loader = DataLoader(ds, batch_size=self.cfg.train.eval_batch_size,
-                                sampler=SequentialSampler(ds), num_workers=0)
-            rows = []
+            bs, rows = int(self.cfg.train.eval_batch_size), []
             with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.amp,
                                                  enabled=self.amp is not None):
-                for batch in loader:
-                    rows.append(prior.untrusted(batch["features"].to(self.device)).float().cpu())
+                for i in range(0, len(ds), bs):
+                    maps = torch.from_numpy(np.asarray(ds.features[i:i + bs], dtype=np.float32))
+                    rows.append(prior.untrusted(maps.to(self.device)).float().cpu())
             ds.prior_untrusted = torch.cat(rows) if rows else None
 
+    @torch.no_grad()
     def _eval_batches(self, dataset, desc: str):
         """(batch, outputs) over this process's shard of ``dataset`` (no shuffling), the model in
         evaluation mode with rank 0's buffers (as DDP's next forward will have them)."""

@@ -25,7 +25,7 @@ instance pooling: the object need only be in one), and the sizes are averaged in
 Cost: one 1000-way linear layer per window (46 windows at the default on a 14 x 14 map), about
 1% beside a backbone's forward pass (benchmarks/prior_windows_cost.py). On cached feature maps,
 which do not change from epoch to epoch, the trainer computes it once per image
-(:meth:`mlrpl.engine.trainer.Trainer` memoises it in the dataset) rather than at every step.
+(``Trainer._memoise_prior`` keeps it in the dataset) rather than at every step.
 ``regions: [1.0]`` is the whole-image prior alone.
 
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
