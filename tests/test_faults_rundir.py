@@ -208,6 +208,55 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(shapes, cache_dir, tmp_path):
     assert main(["train", "--resume", "--run-dir", str(run), "train.stop_after_epochs=1"]) == 0
 
 
+def test_a_ctrl_c_inside_a_checkpoint_write_waits_for_the_file(tmp_path):
+    """The Ctrl-C arrives while torch.save is writing (the case the test above hits by chance):
+    the checkpoint is finished and renamed, then the KeyboardInterrupt comes out, not torch's
+    RuntimeError ("unexpected pos") that made an interrupted run exit 1."""
+    import torch
+    from mlrpl.utils.files import atomic_write
+    from mlrpl.utils.torchio import safe_torch_load
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's KeyboardInterrupt here (a suite started with it "
+                    "ignored)")
+    state = {"w": torch.arange(200_000, dtype=torch.float32)}
+    target = tmp_path / "last.pt"
+
+    class Interrupting:  # a file object whose third write delivers a Ctrl-C to this process
+        def __init__(self, fh):
+            self.fh, self.writes = fh, 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.fh.write(b)
+
+        def flush(self):
+            self.fh.flush()
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda fh: torch.save(state, Interrupting(fh)))
+    assert torch.equal(safe_torch_load(target)["w"], state["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # without deferring, the same interrupt is torch's error and there is no file
+    target.unlink()
+    from mlrpl.utils import files
+    real = files.interrupts_deferred
+    try:
+        files.interrupts_deferred = lambda: _nothing()
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            atomic_write(target, lambda fh: torch.save(state, Interrupting(fh)))
+    finally:
+        files.interrupts_deferred = real
+    assert not target.exists()
+
+
+@__import__("contextlib").contextmanager
+def _nothing():
+    yield
+
+
 def _locked(run: Path) -> bool:
     try:
         rundir.RunLock(run).acquire().release()

@@ -8,7 +8,10 @@ Every writer of the library follows the same rules:
   renamed over the target, so a reader never sees half a file;
 * temporary files and folders left by a killed writer are removed by the next run
   (:func:`remove_stale_temps`: only those whose process is gone);
-* a full or read-only disk is one :class:`~mlrpl.errors.MlrplError` naming the path.
+* a full or read-only disk is one :class:`~mlrpl.errors.MlrplError` naming the path;
+* a Ctrl-C that arrives while a file is written waits until the file is whole
+  (:func:`interrupts_deferred`): a library writing through a callback (``torch.save``) would
+  otherwise turn the KeyboardInterrupt into an error of its own.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import errno
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,6 +152,29 @@ def check_output(path, force: bool = False, what: str = "output file") -> Path:
     return path
 
 
+@contextmanager
+def interrupts_deferred():
+    """Hold back SIGINT (Ctrl-C) for the duration of the block and raise the KeyboardInterrupt
+    after it, so a file being written is finished (or its temporary removed) first.
+
+    Only where Python's own handler is installed, in the main thread: a program with its own
+    SIGINT handler, or a thread, keeps what it had. ``torch.save`` writes through a Python
+    callback, and an interrupt raised inside it comes out as ``RuntimeError: ... unexpected
+    pos``, which a caller cannot tell from a real failure; deferring keeps it an interrupt."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path, write, mode: str = "wb", keep_old: bool = False,
                  before_rename=None, **open_kw) -> Path:
     """Call ``write(fh)`` on a temporary file beside `path`, fsync, rename over `path`.
@@ -154,12 +182,13 @@ def atomic_write(path, write, mode: str = "wb", keep_old: bool = False,
     `keep_old`: an existing `path` (a user's file replaced with ``--force``) is moved aside to
     ``<name>.replaced-<time>`` just before the rename, never deleted; the move is logged.
     `before_rename`: called between the fsync and the rename (the fault suite's kill point).
-    Temporary files of `path` left by killed writers are removed first."""
+    Temporary files of `path` left by killed writers are removed first. A Ctrl-C during the
+    write takes effect once the file is renamed into place (:func:`interrupts_deferred`)."""
     path = Path(path)
     remove_stale_temps_of(path)
     tmp = temp_name(path)
     try:
-        with disk_errors(path):
+        with interrupts_deferred(), disk_errors(path):
             with open(tmp, mode, **open_kw) as fh:
                 write(fh)
                 fh.flush()
