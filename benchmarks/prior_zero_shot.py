@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", default="coco128", choices=["coco128", "voc2007-2k"])
     ap.add_argument("--top-k", type=int, nargs="+", default=[10])
     ap.add_argument("--temperature", type=float, nargs="+", default=[0.1])
+    ap.add_argument("--match", nargs="+", default=["wordnet"], choices=["wordnet", "names"],
+                    help="model.prior.match: name neighbours alone, or with WordNet's categories")
     ap.add_argument("--regions", nargs="+", default=["1.0"],
                     help="window sets, each comma-separated fractions (model.prior.regions)")
     ap.add_argument("overrides", nargs="*", help="key=value for the preset")
@@ -48,24 +50,24 @@ def main(argv=None) -> int:
     if kept is not None:
         val = val.subset(kept)
     print(f"{args.set}: {len(val)} evaluation images x {val.num_classes} classes")
-    print("| top_k | temperature | regions | mAP (prior alone) |")
-    print("|---:|---:|---|---:|")
+    print("| top_k | temperature | match | regions | mAP (prior alone) |")
+    print("|---:|---:|---|---|---:|")
     prior = None
-    for k in args.top_k:
-        for t in args.temperature:
-            for regions in args.regions:
-                c = load_config(REPO / "configs" / f"{args.set}_pbce_cpu.yaml",
-                                list(args.overrides) + [
-                                    "model.prior.name=imagenet", f"model.prior.top_k={k}",
-                                    f"model.prior.temperature={t}",
-                                    f"model.prior.regions=[{regions}]"])
-                prior = build_prior(c, backbone, list(val.classes))
-                with torch.no_grad():
-                    s = torch.sigmoid(torch.cat([
-                        prior(torch.from_numpy(np.asarray(ds.features[i:i + 64], np.float32)))
-                        for i in range(0, len(ds.features), 64)])).numpy()
-                m = score(s, val.labels, 0.5, val.classes)
-                print(f"| {k} | {t} | [{regions}] | {m['mAP']:.2f} |")
+    grid = [(k, t, match, regions) for k in args.top_k for t in args.temperature
+            for match in args.match for regions in args.regions]
+    for k, t, match, regions in grid:
+        c = load_config(REPO / "configs" / f"{args.set}_pbce_cpu.yaml",
+                        list(args.overrides) + [
+                            "model.prior.name=imagenet", f"model.prior.top_k={k}",
+                            f"model.prior.temperature={t}", f"model.prior.match={match}",
+                            f"model.prior.regions=[{regions}]"])
+        prior = build_prior(c, backbone, list(val.classes))
+        with torch.no_grad():
+            s = torch.sigmoid(torch.cat([
+                prior(torch.from_numpy(np.asarray(ds.features[i:i + 64], np.float32)))
+                for i in range(0, len(ds.features), 64)])).numpy()
+        m = score(s, val.labels, 0.5, val.classes)
+        print(f"| {k} | {t} | {match} | [{regions}] | {m['mAP']:.2f} |")
     far = sorted(prior.closest.items(), key=lambda kv: kv[1][1])[:8]
     print("least covered classes (closest ImageNet name, cosine): "
           + ", ".join(f"{c} ({n}, {s:.2f})" for c, (n, s) in far))

@@ -54,6 +54,9 @@ class PriorConfig:
     name: str = "none"
     top_k: int = 10                  # ImageNet classes mixed into each class
     temperature: float = 0.1         # softmax temperature over their name similarities
+    # wordnet: also every ImageNet category WordNet places under the class's name, in full
+    # ("dog": all its breeds); names: the top_k name neighbours alone
+    match: str = "wordnet"
     weight: float = 1.0              # scale of the prior's logit added to the method's logits
     # known_labels: before training, each class's prior is scored on the training split's known
     # labels and scaled by a trust in [0, 1] (0 where it does not beat chance; the class name's
@@ -153,6 +156,7 @@ _CHOICES = {
     "model.freeze": FREEZE_POLICIES,
     "model.prior.name": ("none", "imagenet"),
     "model.prior.trust": ("known_labels", "none"),
+    "model.prior.match": ("wordnet", "names"),
     "data.class_names": ("as_read", "opaque"),
     "optim.name": ("adam", "adamw", "sgd"),
     "sched.name": ("none", "step", "cosine", "onecycle"),
@@ -380,9 +384,11 @@ def resolved(cfg: DictConfig) -> dict:
 
 # Keys added after runs were recorded whose default computes something else than those runs did:
 # a record (config.yaml, a checkpoint's config) without them gets the value that reproduces it.
-# Today: the SARL trunk's top-k label graph and refined classes, dense in earlier records.
+# Today: the SARL trunk's top-k label graph and refined classes, dense in earlier records; the
+# prior's WordNet matching, name neighbours alone in earlier records.
 EARLIER_VALUES = {("method", "trunk"): {"graph_k": None, "refine_classes": None,
-                                        "refine_all_up_to": 128}}
+                                        "refine_all_up_to": 128},
+                  ("model", "prior"): {"match": "names"}}
 
 
 def with_earlier_values(config: dict) -> dict:

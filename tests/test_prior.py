@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mlrpl.errors import ConfigError
-from mlrpl.models.prior import ClassifierPrior, imagenet_categories, mixing_matrix, windows
+from mlrpl.models.prior import (ClassifierPrior, imagenet_categories, mixing_matrix, windows,
+                                wordnet_categories, with_wordnet)
 from tests.deploy_helpers import make_own_csv_data, train_own_model
 
 
@@ -25,6 +26,54 @@ def test_mixing_matrix_hand_case():
     # top_k = 1: the single closest source, weight 1
     np.testing.assert_array_equal(mixing_matrix(classes, sources, 1, 0.1).numpy(),
                                   [[1, 0, 0, 0], [0, 0, 1, 0]])
+
+
+def test_wordnet_places_imagenet_categories_under_a_class_name():
+    cats = imagenet_categories()
+    names = lambda c: {cats[i] for i in wordnet_categories(c)}   # noqa: E731
+    dogs = names("dog")
+    assert len(dogs) == 118 and {"Chihuahua", "golden retriever", "pug"} <= dogs
+    assert "timber wolf" not in dogs and "tabby" not in dogs
+    assert names("bus") == {"school bus", "trolleybus", "minibus"}
+    assert {"beer bottle", "wine bottle", "water bottle"} <= names("bottle")
+    assert len(names("bird")) == 59 and "kite" in names("bird")       # the bird, by its kind
+    # the most frequent sense that has ImageNet categories: "car" is the automobile (not the
+    # railway car), "mouse" the computer mouse (no rodent mouse in ImageNet-1k)
+    assert "sports car" in names("car") and "passenger car" not in names("car")
+    assert names("mouse") == {"mouse"}
+    # spelling: case, spaces or hyphens, a plural "s"
+    assert names("Traffic Light") == names("traffic-light") == {"traffic light"}
+    assert names("dogs") == dogs
+    # names WordNet does not hold under ImageNet: nothing (the name neighbours alone then)
+    for unknown in ("diningtable", "c07", "romance", "", "s"):
+        assert wordnet_categories(unknown) == ()
+
+
+def test_wordnet_rows_add_the_whole_kind_to_the_name_neighbours():
+    cats = imagenet_categories()
+    mix = torch.zeros(3, 1000)
+    mix[0, cats.index("timber wolf")] = 0.6
+    mix[0, cats.index("pug")] = 0.4
+    mix[1, 7] = 1.0
+    mix[2, 5] = 1.0
+    out = with_wordnet(mix, ["dog", "c07", "bus"])
+    dogs = list(wordnet_categories("dog"))
+    assert torch.all(out[0, dogs] == 1) and out[0, cats.index("timber wolf")] == 0.6
+    assert int((out[0] > 0).sum()) == len(dogs) + 1
+    torch.testing.assert_close(out[1], mix[1])                     # unknown to WordNet: as it was
+    assert out[2, 5] == 1 and int((out[2] > 0).sum()) == 4
+    torch.testing.assert_close(mix[0, dogs].sum(), torch.tensor(0.4))  # the input is not changed
+    # m = A q stays a probability: at most 1 for any q on the simplex
+    q = torch.softmax(torch.randn(64, 1000) * 5, 1)
+    assert float((q @ out.T).max()) <= 1 + 1e-6
+    # an image the classifier is sure shows a dog: m = 1 (or 1 + round-off), a finite logit
+    w = torch.zeros(1000, 4)
+    w[dogs[:3], 0] = 60.0
+    prior = ClassifierPrior(w, torch.zeros(1000), out)
+    maps = torch.zeros(2, 4, 2, 2)
+    maps[0, 0] = 1.0
+    logits = prior(maps)
+    assert torch.isfinite(logits).all() and logits[0, 0] > 15 and logits[1, 0] < 0
 
 
 def test_prior_is_the_logit_of_the_mixed_imagenet_probability():
@@ -153,6 +202,7 @@ def test_a_backbone_without_its_classifier_is_a_clear_error():
 @pytest.mark.parametrize("override, needle", [
     ("model.prior.name=clip", "model.prior.name"),
     ("model.prior.top_k=0", "model.prior.top_k"),
+    ("model.prior.match=hierarchy", "model.prior.match"),
     ("model.prior.temperature=0", "model.prior.temperature"),
     ("model.prior.weight=-1", "model.prior.weight"),
     ("model.prior.regions=[]", "model.prior.regions"),

@@ -321,7 +321,16 @@ class Trainer:
             m = prior.matches(list(self.exp.train.classes), imagenet_categories())
             sizes = prior.regions.tolist()
             extra["prior"] = {"source": "imagenet", "encoder": "all-MiniLM-L6-v2",
-                              "regions": sizes, "closest": prior.closest, "mixed": m}
+                              "regions": sizes, "closest": prior.closest, "mixed": m,
+                              "match": self.cfg.model.prior.match}
+            if prior.kinds is not None:
+                extra["prior"]["wordnet"] = prior.kinds
+                alone = [c for c, n in prior.kinds.items() if not n]
+                log.info(f"class prior: WordNet places ImageNet categories under "
+                         f"{len(prior.kinds) - len(alone)} of {len(prior.kinds)} class names "
+                         f"(model.prior.match=wordnet; their counts: 'prior.wordnet' in "
+                         f"run.json)" + (f"; {len(alone)} use their name neighbours alone (e.g. "
+                                         f"{', '.join(alone[:6])})" if alone else ""))
             far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
             where = ("the whole image" if sizes == [1.0] else
                      "windows of " + ", ".join(f"{r:g}" for r in sizes)
@@ -357,7 +366,9 @@ class Trainer:
                 ((b["index"], o["prior_logits"].float(), b["target"].to(torch.int8))
                  for b, o in self._eval_batches(self.train_ds, "prior trust")),
                 len(self.train_ds))
-            sim = [prior.closest[k][1] for k in self.exp.train.classes]
+            # a class WordNet places ImageNet categories under is named by ImageNet itself
+            sim = [1.0 if (prior.kinds or {}).get(k) else prior.closest[k][1]
+                   for k in self.exp.train.classes]
             trust, table = measure_trust(scores.numpy(), known.numpy(), sim,
                                          list(self.exp.train.classes))
             prior.trust.copy_(torch.as_tensor(trust, dtype=prior.trust.dtype))

@@ -29,7 +29,12 @@ which do not change from epoch to epoch, the trainer computes it once per image
 ``regions: [1.0]`` is the whole-image prior alone.
 
 ``A`` comes from sentence embeddings (all-MiniLM-L6-v2, offline) of the class names and the
-ImageNet category names. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
+ImageNet category names, and (``model.prior.match: wordnet``, the default) from WordNet: the
+ImageNet categories are WordNet synsets, and a class whose name is a WordNet noun with ImageNet
+categories under it gets all of them at weight 1 (:func:`with_wordnet`: "dog" holds ImageNet's
+118 breeds, where its ten closest names hold ten), so its ``m`` is the probability of any kind of
+it. Sentence similarity cannot do this: a breed's name ("Bouvier des Flandres") is not close to
+"dog". ``names`` keeps the name neighbours alone. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
 the method's loss trains the head as a correction to the prior: with a zero head the model's
 probabilities are the prior's) and at inference; its tensors
 are buffers of the model, so checkpoints, bundles, ``predict`` and ``export`` carry it. The
@@ -38,6 +43,9 @@ classifier itself never trains.
 from __future__ import annotations
 
 import math
+import re
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +77,58 @@ def mixing_matrix(class_emb: np.ndarray, source_emb: np.ndarray, top_k: int,
     k = min(int(top_k), sim.shape[1])
     top = sim.topk(k, dim=1)
     return torch.zeros_like(sim).scatter(1, top.indices, torch.softmax(top.values / temperature, 1))
+
+
+WORDNET_TABLE = Path(__file__).with_name("imagenet_wordnet.tsv")
+
+
+@lru_cache(maxsize=1)
+def _wordnet_lemmas() -> dict:
+    """lemma -> [(sense rank, synset offset, ImageNet class indices under the synset)], from the
+    table of WordNet 3.0 synsets that are ImageNet classes or their hypernyms
+    (``imagenet_wordnet.tsv``, written by benchmarks/make_imagenet_wordnet.py)."""
+    lemmas: dict = {}
+    for line in WORDNET_TABLE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        offset, names, under = line.split("\t")
+        indices = tuple(int(i) for i in under.split(","))
+        for entry in names.split(","):
+            lemma, rank = entry.rsplit(":", 1)
+            lemmas.setdefault(lemma, []).append((int(rank) or 1000, offset, indices))
+    return lemmas
+
+
+def wordnet_categories(name: str) -> tuple[int, ...]:
+    """The ImageNet class indices that WordNet places under the class name `name`: the name (lower
+    case, spaces and hyphens as underscores; else without a final "s") is looked up among the
+    lemmas of the synsets that are ImageNet classes or hypernyms of one, and its most frequent
+    sense among them is taken ("dog": its 118 breeds in ImageNet-1k; "bus": school bus, trolleybus,
+    minibus). Empty when WordNet has no such sense ("diningtable", "c07", "romance").
+
+    >>> len(wordnet_categories("dog")), len(wordnet_categories("Dogs")), wordnet_categories("c07")
+    (118, 118, ())
+    """
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    table = _wordnet_lemmas()
+    for candidate in (key, key[:-1] if key.endswith("s") else None):
+        if candidate and candidate in table:
+            return min(table[candidate])[2]
+    return ()
+
+
+def with_wordnet(mix: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+    """(C, K): `mix` with, in each class's row, weight 1 on every ImageNet category WordNet
+    places under the class's name (:func:`wordnet_categories`). ``m = A · q`` then holds the
+    probability that the image shows any kind of the class, plus the name neighbours' similarity-
+    weighted probabilities for the categories outside it (at most 1: q sums to 1 and A <= 1). A
+    class WordNet does not know keeps its name-similarity row."""
+    out = mix.clone()
+    for c, name in enumerate(class_names):
+        under = list(wordnet_categories(name))
+        if under:
+            out[c, under] = 1.0
+    return out
 
 
 def windows(side: int, fraction: float) -> tuple[int, list[int]]:
@@ -113,6 +173,7 @@ class ClassifierPrior(nn.Module):
         self.register_buffer("regions", torch.tensor([float(r) for r in regions]))
         self.scale = float(scale)
         self.closest: dict | None = None   # set by build_prior: class -> (ImageNet name, cosine)
+        self.kinds: dict | None = None     # set by build_prior: class -> WordNet's categories
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for old, new in self._OLD_NAMES.items():
@@ -155,6 +216,10 @@ class ClassifierPrior(nn.Module):
         total = None
         for fraction in self.regions.tolist():
             m = self.mixed_in_windows(features, fraction)
+            # m <= 1 in exact arithmetic, but a row of ones (a WordNet kind) sums a confident
+            # image's probabilities to 1 or 1 + round-off, whose logit is inf or NaN: the
+            # largest value below 1 instead (every m below it is left as it was)
+            m = m.clamp(max=1.0 - torch.finfo(m.dtype).eps / 2)
             part = torch.log(m + EPS) - torch.log1p(EPS - m)
             total = part if total is None else total + part
         return self.scale * (total / len(self.regions))
@@ -200,8 +265,13 @@ def build_prior(cfg, backbone, classes: list[str], with_data: bool = True):
     from mlrpl.data.embeddings import sentence_embeddings
     source = imagenet_categories()
     ec, es = sentence_embeddings(list(classes)), sentence_embeddings(source)
-    prior = ClassifierPrior(head[0], head[1], mixing_matrix(ec, es, pc.top_k, pc.temperature),
-                            pc.weight, pc.regions)
+    mix = mixing_matrix(ec, es, pc.top_k, pc.temperature)
+    if pc.match == "wordnet":
+        mix = with_wordnet(mix, list(classes))
+    prior = ClassifierPrior(head[0], head[1], mix, pc.weight, pc.regions)
+    # per class, how many ImageNet categories WordNet placed under its name (what run.json says)
+    prior.kinds = ({c: len(wordnet_categories(c)) for c in classes}
+                   if pc.match == "wordnet" else None)
     # Each class's closest ImageNet name (cosine similarity): what the run record reports.
     best = name_similarity(ec, es).max(dim=1)
     prior.closest = {c: (source[int(i)], round(float(v), 3))

@@ -14,7 +14,8 @@ evaluation split):
   evidence is weak.
 * **named**: the cosine similarity of the class name with its closest ImageNet name, mapped
   linearly from 0 at ``similarity_low`` to 1 at ``similarity_high``: all there is to go on for a
-  class without known positives.
+  class without known positives. A name WordNet places ImageNet categories under
+  (``model.prior.match: wordnet``) counts as similarity 1.
 
 A class with at least ``min_positives`` known positives gets the measured value alone; one with
 fewer mixes the two in proportion (``n⁺ / min_positives`` of the measured value), so a single known
@@ -67,7 +68,8 @@ def measure_trust(scores: np.ndarray, partial: np.ndarray, similarity, classes: 
 
     scores : (N, C) the prior's logits (before trust) on the training images
     partial : (N, C) known labels (1 positive, -1 negative, 0 unknown)
-    similarity : (C,) cosine similarity of each class name with its closest ImageNet name
+    similarity : (C,) cosine similarity of each class name with its closest ImageNet name (1 for
+        a name WordNet places ImageNet categories under)
     """
     scores, partial = np.asarray(scores, float), np.asarray(partial)
     trust, table = np.zeros(len(classes)), []
