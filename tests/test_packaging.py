@@ -136,6 +136,7 @@ def test_wheel_metadata_has_floors_and_extras(wheel):
         meta = Parser().parsestr(z.read(next(n for n in z.namelist()
                                              if n.endswith(".dist-info/METADATA"))).decode())
         assert "mlrpl/configs/coco128_pbce_cpu.yaml" in z.namelist()
+        assert "mlrpl/models/imagenet_wordnet.tsv" in z.namelist()   # the prior's WordNet table
     reqs = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     for r in reqs:
         assert not any(s.operator in PINS_FORBIDDEN for s in r.specifier), str(r)
