@@ -331,7 +331,8 @@ class Trainer:
                          f"(model.prior.match=wordnet; their counts: 'prior.wordnet' in "
                          f"run.json)" + (f"; {len(alone)} use their name neighbours alone (e.g. "
                                          f"{', '.join(alone[:6])})" if alone else ""))
-            far = [c for c, (_, sim) in (prior.closest or {}).items() if sim < 0.5]
+            far = [c for c, (_, sim) in (prior.closest or {}).items()
+                   if sim < 0.5 and not (prior.kinds or {}).get(c)]
             where = ("the whole image" if sizes == [1.0] else
                      "windows of " + ", ".join(f"{r:g}" for r in sizes)
                      + " of the image's side (1: the whole image), each class's best window")
@@ -339,6 +340,7 @@ class Trainer:
                      f"(model.prior.regions; the ImageNet names mixed into each class: 'prior' "
                      f"in run.json); {len(far)} of {len(m)} "
                      f"classes have no ImageNet name with similarity >= 0.5"
+                     + (" and nothing under them in WordNet" if prior.kinds is not None else "")
                      + (f" (e.g. {', '.join(far[:6])}): the prior knows little of those"
                         if far else ""))
             extra["prior"]["trust"] = self._prior_trust(prior)
