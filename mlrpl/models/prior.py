@@ -88,30 +88,42 @@ def _wordnet_lemmas() -> dict:
     table of WordNet 3.0 synsets that are ImageNet classes or their hypernyms
     (``imagenet_wordnet.tsv``, written by benchmarks/make_imagenet_wordnet.py)."""
     lemmas: dict = {}
+    plurals = {}
     for line in WORDNET_TABLE.read_text(encoding="utf-8").splitlines():
         if line.startswith("#") or not line.strip():
             continue
         offset, names, under = line.split("\t")
+        if offset == "=":                     # an irregular plural: "knives" -> "knife"
+            plurals[names] = under
+            continue
         indices = tuple(int(i) for i in under.split(","))
         for entry in names.split(","):
             lemma, rank = entry.rsplit(":", 1)
             lemmas.setdefault(lemma, []).append((int(rank) or 1000, offset, indices))
+    for plural, lemma in plurals.items():
+        lemmas.setdefault(plural, lemmas.get(lemma, []))
     return lemmas
 
 
 def wordnet_categories(name: str) -> tuple[int, ...]:
     """The ImageNet class indices that WordNet places under the class name `name`: the name (lower
-    case, spaces and hyphens as underscores; else without a final "s") is looked up among the
+    case, spaces and hyphens as underscores; else as a singular) is looked up among the
     lemmas of the synsets that are ImageNet classes or hypernyms of one, and its most frequent
     sense among them is taken ("dog": its 118 breeds in ImageNet-1k; "bus": school bus, trolleybus,
-    minibus). Empty when WordNet has no such sense ("diningtable", "c07", "romance").
+    minibus). Plurals are read as their singular ("buses", "ponies", and WordNet's irregular ones:
+    "knives"). Empty when WordNet has no such sense ("diningtable", "c07", "romance").
 
     >>> len(wordnet_categories("dog")), len(wordnet_categories("Dogs")), wordnet_categories("c07")
     (118, 118, ())
     """
     key = re.sub(r"[\s\-]+", "_", name.strip().lower())
     table = _wordnet_lemmas()
-    for candidate in (key, key[:-1] if key.endswith("s") else None):
+    singular = [key[:-1]] if key.endswith("s") else []          # cars
+    if key.endswith("es"):
+        singular.append(key[:-2])                               # buses, boxes
+    if key.endswith("ies"):
+        singular.append(key[:-3] + "y")                         # ponies
+    for candidate in (key, *singular):
         if candidate and candidate in table:
             return min(table[candidate])[2]
     return ()
