@@ -7,7 +7,8 @@ used): its mAP on a set's evaluation split, i.e. what a trained head adds on top
         --regions 1.0 1.0,0.5,0.25 data.val_split=test        # the windows, on the test photos
 
 Reads the set's pbce CPU preset (the cached EfficientNet-Lite0 maps of its evaluation split;
-``key=value`` arguments override it) and prints, per prior setting and window set
+``key=value`` arguments override it) and prints, per prior setting, name matching
+(``model.prior.match``, default: a row for ``names`` and one for ``wordnet``) and window set
 (``model.prior.regions``, default: the whole image alone), the mAP of sigmoid(prior) with the
 library's metrics, and the classes whose closest ImageNet name is least similar.
 """
@@ -27,8 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", default="coco128", choices=["coco128", "voc2007-2k"])
     ap.add_argument("--top-k", type=int, nargs="+", default=[10])
     ap.add_argument("--temperature", type=float, nargs="+", default=[0.1])
-    ap.add_argument("--match", nargs="+", default=["wordnet"], choices=["wordnet", "names"],
-                    help="model.prior.match: name neighbours alone, or with WordNet's categories")
+    ap.add_argument("--match", nargs="+", default=["names", "wordnet"],
+                    choices=["wordnet", "names"],
+                    help="model.prior.match: name neighbours alone, or with WordNet's categories "
+                         "(default: both, one row each)")
     ap.add_argument("--regions", nargs="+", default=["1.0"],
                     help="window sets, each comma-separated fractions (model.prior.regions)")
     ap.add_argument("overrides", nargs="*", help="key=value for the preset")
