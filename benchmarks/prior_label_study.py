@@ -22,6 +22,8 @@ decay 1e-4, cosine over 30 epochs) and asks, at 10% and 30% known, seeds 0-2, la
    window sets, each with per-class trust, beside the whole-image prior: test mAP over all classes
    and over the classes with at least 5 test positives (VOC2007-2k's test photos hold 1-4
    positives of 7 of its 18 classes, whose AP swings by tens of points with one image's rank).
+7. ``--groups``: the trained head against the prior alone, per group of classes by known
+   positives (0, 1-3, 4+), with the prior in windows (``--match wordnet``: today's default);
 
 Numbers go to stdout (and ``--json``). It reproduces the figures quoted in docs/decisions.md
 ("What did not close the gap") and benchmarks/RESULTS.md.
@@ -291,6 +293,46 @@ def windows_study(name: str, seeds, proportions) -> dict:
     return res
 
 
+def groups_study(name: str, seeds, proportions, regions=(1.0, 0.5, 0.25)) -> dict:
+    """Where the trained head adds to the prior: test AP of pbce + trusted prior (on `regions`)
+    against the prior alone, averaged over the classes with 0, 1-3 and 4+ known training
+    positives (each seed's mask), mean over seeds."""
+    D = load_set(name, windows=[list(regions)])
+    key = str(list(regions))
+    ptr, pte = D[f"ptr@{key}"], D[f"pte@{key}"]
+    from mlrpl.models.prior_trust import measure_trust
+    y = D["yte"] > 0
+    tested = y.any(0)
+
+    def per_class(scores):
+        return np.array([ap(scores[:, c], y[:, c]) if tested[c] else np.nan
+                         for c in range(y.shape[1])])
+    alone = per_class(pte)
+    res: dict = {"set": name, "regions": list(regions), "prior alone": 100 * np.nanmean(alone)}
+    for p in proportions:
+        groups = {g: [] for g in ("0", "1-3", "4+")}
+        kept = []
+        for s in seeds:
+            P = mask(D, p, s)
+            trust, _ = measure_trust(ptr, P, D["similarity"], D["classes"])
+            scores = fit({**D, "ptr": ptr * trust, "pte": pte * trust}, P, s)[0]
+            trained = per_class(scores)
+            known = (P > 0).sum(0)
+            # the variant: a class without a known positive keeps the prior alone (no head)
+            alt = scores.copy()
+            alt[:, known == 0] = (pte * trust)[:, known == 0]
+            kept.append((evaluate(D, scores)[0], evaluate(D, alt)[0]))
+            for g, m in (("0", known == 0), ("1-3", (known >= 1) & (known <= 3)),
+                         ("4+", known >= 4)):
+                m = m & tested
+                if m.any():
+                    groups[g].append((100 * trained[m].mean(), 100 * alone[m].mean(), m.sum()))
+        res[p] = {g: np.mean(v, 0).round(2).tolist() for g, v in groups.items() if v}
+        res[f"{p} mAP, head / prior alone where no positive is known"] = \
+            np.mean(kept, 0).round(2).tolist()
+    return res
+
+
 def opaque_study() -> dict:
     """COCO128 with opaque names: the ImageNet categories the prior mixes, and how its image
     mean relates to the number of objects per image."""
@@ -328,9 +370,25 @@ def main(argv=None):
                      help="only the window study (model.prior.regions), ~2 min per set")
     ap_.add_argument("--match", choices=["names", "wordnet"], default="names",
                      help="model.prior.match (names: the prior the recorded figures studied)")
+    ap_.add_argument("--groups", action="store_true",
+                     help="only the head against the prior alone by known positives per class")
     args = ap_.parse_args(argv)
     global MATCH
     MATCH = args.match
+    if args.groups:
+        for name in args.set:
+            res = groups_study(name, args.seeds, args.proportions)
+            print(f"\n== {name} (prior: match={MATCH}, regions={res['regions']}): mean test AP "
+                  f"of the classes with 0 / 1-3 / 4+ known positives, trained head / prior alone "
+                  f"(classes), mean over seeds {args.seeds}; prior alone, all classes: "
+                  f"{res['prior alone']:.2f}")
+            for p in args.proportions:
+                a, b = res[f"{p} mAP, head / prior alone where no positive is known"]
+                print(f"  {int(100 * p)}%: " + "   ".join(
+                    f"{g}: {v[0]:.1f} / {v[1]:.1f} ({v[2]:.0f})" for g, v in res[p].items())
+                    + f"   | test mAP {a:.2f}; {b:.2f} with the prior alone for the classes "
+                      f"without a known positive")
+        return
     torch.set_num_threads(1)
     os.environ.setdefault("MLRPL_DATA", str(REPO.parent / "shared" / "data"))
     if args.windows:
