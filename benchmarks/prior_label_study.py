@@ -80,9 +80,7 @@ def load_set(name: str, opaque: bool = False, windows=None) -> dict:
                                                                dtype=np.float32))).numpy()
                     for i in range(0, len(ds.features), 64)])
         prior.regions = torch.ones(1)
-    # as the trainer's trust rule reads it: a name WordNet knows counts as similarity 1
-    out["similarity"] = np.array([1.0 if (prior.kinds or {}).get(c) else prior.closest[c][1]
-                                  for c in train.classes])
+    out["similarity"] = np.array(prior.trust_similarity(list(train.classes)))  # as trust reads it
     return out
 
 

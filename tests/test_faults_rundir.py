@@ -1,6 +1,7 @@
 """The fault suite, run directories: one run per directory, a resume that keeps its settings, an
 honest best epoch, and the small things a new user trips over (seed range, Ctrl-C, --version).
 """
+import contextlib
 import json
 import os
 import signal
@@ -244,17 +245,12 @@ def test_a_ctrl_c_inside_a_checkpoint_write_waits_for_the_file(tmp_path):
     from mlrpl.utils import files
     real = files.interrupts_deferred
     try:
-        files.interrupts_deferred = lambda: _nothing()
+        files.interrupts_deferred = contextlib.nullcontext
         with pytest.raises(RuntimeError, match="unexpected pos"):
             atomic_write(target, lambda fh: torch.save(state, Interrupting(fh)))
     finally:
         files.interrupts_deferred = real
     assert not target.exists()
-
-
-@__import__("contextlib").contextmanager
-def _nothing():
-    yield
 
 
 def _locked(run: Path) -> bool:

@@ -368,9 +368,7 @@ class Trainer:
                 ((b["index"], o["prior_logits"].float(), b["target"].to(torch.int8))
                  for b, o in self._eval_batches(self.train_ds, "prior trust")),
                 len(self.train_ds))
-            # a class WordNet places ImageNet categories under is named by ImageNet itself
-            sim = [1.0 if (prior.kinds or {}).get(k) else prior.closest[k][1]
-                   for k in self.exp.train.classes]
+            sim = prior.trust_similarity(list(self.exp.train.classes))
             trust, table = measure_trust(scores.numpy(), known.numpy(), sim,
                                          list(self.exp.train.classes))
             prior.trust.copy_(torch.as_tensor(trust, dtype=prior.trust.dtype))

@@ -32,13 +32,14 @@ which do not change from epoch to epoch, the trainer computes it once per image
 ImageNet category names, and (``model.prior.match: wordnet``, the default) from WordNet: the
 ImageNet categories are WordNet synsets, and a class whose name is a WordNet noun with ImageNet
 categories under it gets all of them at weight 1 (:func:`with_wordnet`: "dog" holds ImageNet's
-118 breeds, where its ten closest names hold ten), so its ``m`` is the probability of any kind of
+118 breeds, where its ten closest names hold 8), so its ``m`` is the probability of any kind of
 it. Sentence similarity cannot do this: a breed's name ("Bouvier des Flandres") is not close to
-"dog". ``names`` keeps the name neighbours alone. ``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so
-the method's loss trains the head as a correction to the prior: with a zero head the model's
-probabilities are the prior's) and at inference; its tensors
-are buffers of the model, so checkpoints, bundles, ``predict`` and ``export`` carry it. The
-classifier itself never trains.
+"dog". ``names`` keeps the name neighbours alone.
+
+``MLRModel`` adds ``prior(x)`` to the method's logits, in training (so the method's loss trains
+the head as a correction to the prior: with a zero head the model's probabilities are the
+prior's) and at inference; its tensors are buffers of the model, so checkpoints, bundles,
+``predict`` and ``export`` carry it. The classifier itself never trains.
 """
 from __future__ import annotations
 
@@ -242,6 +243,11 @@ class ClassifierPrior(nn.Module):
         if untrusted is None:
             untrusted = self.untrusted(features)
         return untrusted.to(self.trust.dtype) * self.trust
+
+    def trust_similarity(self, class_names: list[str]) -> list[float]:
+        """Per class, the name similarity the trust rule reads: its closest ImageNet name's cosine,
+        1 for a name WordNet places ImageNet categories under (named by ImageNet itself)."""
+        return [1.0 if (self.kinds or {}).get(c) else self.closest[c][1] for c in class_names]
 
     def matches(self, class_names: list[str], source_names: list[str], n: int = 3) -> dict:
         """Per class, its `n` heaviest source classes with their mixing weights."""
