@@ -20,7 +20,10 @@ listed under every strategy), ``<out>/<set>.png`` (mAP against labels added, one
 strategy, mean over seeds with a min-max band, a panel per method and prior), and under
 ``<out>/<set>/<method>_prior-<yes|no>/s<seed>/`` the round-0 labels and run and, per strategy
 and round, ``r<k>/ask.csv`` (as suggested), ``answers.csv`` (filled from the hidden labels),
-``labels.csv`` (merged) and ``run/``. Finished rounds are skipped: the same command resumes.
+``labels.csv`` (merged) and ``run/``. Finished rounds are skipped: the same command resumes,
+and adds a strategy to the recorded ones. The repository keeps each run's summaries, not its
+checkpoint: a finished round that a missing next round must suggest from is trained again
+(deterministic; a mAP that differs from the recorded one is logged).
 Extra ``key=value`` arguments go to every training run (e.g. ``train.threads=1``).
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "uncertainty", "class-balance", "expected-gain")
+from mlrpl.deploy.suggest import STRATEGIES  # noqa: E402  (the strategies a user can run)
 # Not a strategy a user can run: the benchmark's reference, asked from the hidden labels.
 ORACLE = "oracle-positives"
 SETS = {
@@ -73,21 +76,31 @@ def prepare_set(name: str, out: Path):
 
 # ---- runs ------------------------------------------------------------------------------------
 def train_round(set_name, method, prior, seed, labels: Path, val_csv: Path, run: Path,
-                extra) -> float:
-    """Train the set's preset of `method` on `labels` from scratch; the last epoch's mAP."""
+                extra, need_checkpoint: bool = False) -> float:
+    """Train the set's preset of `method` on `labels` from scratch; the last epoch's mAP.
+    `need_checkpoint`: a later round suggests from this run, so a finished run whose checkpoint
+    is not here (a fresh clone keeps only the runs' summaries) is trained again; training is
+    deterministic, and a different mAP is said."""
     import mlrpl
     metrics = run / "metrics.json"
-    if not metrics.is_file():
+    recorded = None
+    if metrics.is_file() and need_checkpoint and not (run / "last.pt").is_file():
+        recorded = float(json.loads(metrics.read_text(encoding="utf-8"))["last"]["mAP"])
+        log(f"{run}: no checkpoint to suggest from; training it again")
+    if not metrics.is_file() or recorded is not None:
         overrides = ["data.dataset=csv", f"data.root={labels}", f"data.val_root={val_csv}",
                      "data.train_split=null", "data.val_split=null", "data.known_proportion=1",
                      f"seed={seed}", f"run.dir={run}", "train.progress=never",
                      "train.tensorboard=false", *(["model.prior.name=imagenet"] if prior else []),
                      *extra]
-        if run.exists():          # a run killed before it finished: start it over
+        if run.exists():   # killed before it finished, or trained again for its checkpoint
             overrides.append("run.overwrite=true")
         mlrpl.train(REPO / "configs" / f"{set_name}_{method}_cpu.yaml", overrides)
     record = json.loads(metrics.read_text(encoding="utf-8"))
-    return float(record["last"]["mAP"])
+    m = float(record["last"]["mAP"])
+    if recorded is not None and abs(m - recorded) > 1e-4:
+        log(f"WARNING: {run} trained again gives mAP {m:.4f}, recorded {recorded:.4f}")
+    return m
 
 
 def load_results(path: Path) -> dict:
@@ -208,8 +221,10 @@ def main(argv=None) -> int:
                     partial = simulate(train.labels, "hcp", p=args.known, seed=seed)
                     write_labels_csv(train.with_labels(partial), labels0)
                 log(f"{method} prior={tag} seed={seed}: round 0")
+                asks = any(not (base / s / "r1" / "labels.csv").is_file()
+                           for s in args.strategies if args.rounds > 0)
                 m0 = train_round(args.set, method, prior, seed, labels0, val_csv,
-                                 base / "r0-run", args.overrides)
+                                 base / "r0-run", args.overrides, need_checkpoint=asks)
                 for strategy in args.strategies:
                     results[(method, col, strategy, 0, seed)] = (0, m0)
                 save_results(table, results)
@@ -220,7 +235,11 @@ def main(argv=None) -> int:
                         key = (method, col, strategy, rnd, seed)
                         folder = base / strategy / f"r{rnd}"
                         merged, new_run = folder / "labels.csv", folder / "run"
-                        if key in results and (new_run / "metrics.json").is_file():
+                        # the next round suggests from this round's checkpoint
+                        needed = rnd < rounds and not (
+                            folder.parent / f"r{rnd + 1}" / "labels.csv").is_file()
+                        if key in results and (new_run / "metrics.json").is_file() and (
+                                not needed or (new_run / "last.pt").is_file()):
                             labels, run = merged, new_run
                             continue
                         folder.mkdir(parents=True, exist_ok=True)
@@ -237,7 +256,7 @@ def main(argv=None) -> int:
                                 f"{n['filled']} answers merged ({n['filled_positive']} "
                                 f"positive), {n['unknown_after']} entries unknown")
                         m = train_round(args.set, method, prior, seed, merged, val_csv,
-                                        new_run, args.overrides)
+                                        new_run, args.overrides, need_checkpoint=needed)
                         results[key] = (rnd * budget, m)
                         save_results(table, results)
                         log(f"{method} prior={tag} seed={seed} {strategy} round {rnd}: "

@@ -701,6 +701,8 @@ def cmd_suggest(args) -> int:
                  f"no more unknown entries under --per-image {r['per_image']}"), file=sys.stderr)
     if r["strategy"] != "random":
         print(f"decision thresholds: {r['thresholds_source']}")
+    if r.get("similarity_source"):
+        print(f"class names related through {r['similarity_source']}")
     labels = r["label_file"] if r["dataset"] == "csv" else "LABELS.csv"
     import re
     stem = str(Path(labels).with_suffix(""))
@@ -780,7 +782,10 @@ def _add_suggest_parser(sub) -> None:
     sg.add_argument("--strategy", default="uncertainty", metavar="|".join(STRATEGIES),
                     help="random | uncertainty (default: probability closest to the class's "
                          "decision threshold) | class-balance (classes with the fewest known "
-                         "positives first, round-robin) | expected-gain (expected mAP gain)")
+                         "positives first, round-robin) | related-classes (class-balance; a "
+                         "class without known positives is looked for in the images holding "
+                         "classes whose names are related to it) | expected-gain (expected mAP "
+                         "gain)")
     sg.add_argument("--per-image", default=None, metavar="K|all",
                     help="at most K entries of one image, or 'all': every unknown label of the "
                          "images chosen (whole images, ranked by their entries' summed scores)")

@@ -21,7 +21,15 @@ from tests.deploy_helpers import make_own_csv_data, train_args
 def _random_case(seed=0, n=30, c=5):
     rng = np.random.default_rng(seed)
     partial = np.where(rng.random((n, c)) < 0.5, np.where(rng.random((n, c)) < 0.3, 1, -1), 0)
+    partial[:, 0] = np.where(partial[:, 0] == 1, -1, partial[:, 0])   # a class without positives
     return rng.random((n, c)), partial.astype(np.int8)
+
+
+def _similarity(c, seed=0):
+    """A cosine similarity of c random vectors (what related-classes reads)."""
+    v = np.random.default_rng(seed).normal(size=(c, 4))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v @ v.T
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -30,14 +38,16 @@ def test_no_strategy_asks_a_known_entry(strategy, per_image):
     probs, partial = _random_case()
     n_unknown = int((partial == 0).sum())
     for budget in (1, 7, n_unknown):
-        rows = rank_entries(probs, partial, strategy, budget, seed=3, per_image=per_image)
+        rows = rank_entries(probs, partial, strategy, budget, seed=3, per_image=per_image,
+                            similarity=_similarity(partial.shape[1]))
         pairs = [(r["item"], r["class"]) for r in rows]
         assert len(pairs) == len(set(pairs)) and 0 < len(pairs) <= budget
         assert all(partial[i, j] == 0 for i, j in pairs)
         assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
         if per_image == 2:
             assert max(np.bincount([i for i, _ in pairs])) <= 2
-    everything = rank_entries(probs, partial, strategy, n_unknown)
+    everything = rank_entries(probs, partial, strategy, n_unknown,
+                              similarity=_similarity(partial.shape[1]))
     assert len(everything) == n_unknown
 
 
@@ -74,6 +84,77 @@ def test_class_balance_orders_classes_by_known_positives_round_robin():
     # the entry closest to 0.5 first; then the second round
     assert got == [(1, 1), (0, 2), (3, 0), (2, 1), (2, 2), (4, 0), (0, 1), (3, 2)]
     assert "0 known positives" in rows[0]["reason"]
+
+
+def test_related_classes_looks_for_a_blind_class_where_related_classes_are():
+    # classes: 0 fork (no known positive), 1 knife, 2 dining table, 3 giraffe
+    names = ["fork", "knife", "dining table", "giraffe"]
+    sim = np.eye(4)
+    sim[0, 1] = sim[1, 0] = 0.7          # fork ~ knife
+    sim[0, 2] = sim[2, 0] = 0.5          # fork ~ dining table
+    sim[0, 3] = sim[3, 0] = -0.2         # fork and giraffe: unrelated (negative counts as 0)
+    partial = np.array([[0, 0, 1, 0],    # image 0: a known dining table
+                        [0, -1, -1, 1],  # image 1: a known giraffe, nothing related
+                        [0, 0, -1, 0],   # image 2: knife predicted (p 0.9)
+                        [0, -1, 0, 0],   # image 3: dining table unknown (p 0.05)
+                        [-1, 1, 1, 1]],
+                       dtype=np.int8)
+    probs = np.full((5, 4), 0.05)
+    probs[2, 1] = 0.9
+    probs[1, 0] = 0.3                    # the model's own fork score, added to the strength
+    rows = rank_entries(probs, partial, "related-classes", 4, class_names=names,
+                        similarity=sim)
+    fork = [r["item"] for r in rows if r["class"] == 0]
+    # p + strength: image 2: 0.05 + knife 0.9 x 0.7 = 0.68; image 0: 0.05 + table 1 x 0.5;
+    # image 1: 0.3 + 0 (nothing related), though the model's own fork score is highest there;
+    # image 3: 0.05 + table 0.05 x 0.5
+    got = rank_entries(probs, partial, "related-classes", 10, class_names=names, similarity=sim)
+    assert [r["item"] for r in got if r["class"] == 0] == [2, 0, 1, 3]
+    assert rows[0]["class"] == 0 and rows[0]["item"] == 2
+    assert rows[0]["score"] == pytest.approx(0.68)
+    assert rows[0]["reason"] == ("class has 0 known positives; p=0.050 plus: the image holds "
+                                 "knife (p=0.900), related by name (similarity 0.70)")
+    zero_row = [r for r in got if r["class"] == 0 and r["item"] == 1][0]
+    assert "no class related to it by name" in zero_row["reason"]
+    assert fork == [2]                   # one entry of each class per turn
+    # a known dining table reads as known
+    assert "holds dining table (a known positive)" in [r for r in got if r["class"] == 0][1][
+        "reason"]
+    # knife has 1 known positive: its entries by p plus the related strength (image 2: 0.9 + 0,
+    # fork, the only class related to it, has no positive to be held)
+    assert [r["item"] for r in got if r["class"] == 1][0] == 2
+    assert [r for r in got if r["class"] == 1][0]["reason"] == (
+        "class has 1 known positive; no class related to it by name is known or predicted in "
+        "the image; p=0.900 vs threshold 0.500")
+    with pytest.raises(MlrplError, match="name similarity"):
+        rank_entries(probs, partial, "related-classes", 4)
+    with pytest.raises(MlrplError, match=r"class similarity \(3, 3\)"):
+        rank_entries(probs, partial, "related-classes", 4, similarity=np.eye(3))
+
+
+def test_related_classes_orders_inside_each_class_by_what_is_known_of_it():
+    """Round-robin as class-balance; inside a class with 0-2 known positives by p + the
+    related strength; with 3 or more, as class-balance."""
+    from mlrpl.deploy.suggest import _related_presence
+    probs, partial = _random_case(seed=4, n=60, c=6)
+    partial[:2, 1] = 1                   # class 1: exactly 2 known positives
+    partial[2:, 1] = np.where(partial[2:, 1] == 1, -1, partial[2:, 1])
+    sim = _similarity(6, seed=2)
+    npos = (partial == 1).sum(0)
+    assert npos[0] == 0 and npos[1] == 2 and (npos[2:] >= 3).all()
+    got = rank_entries(probs, partial, "related-classes", None, similarity=sim)
+    balance = rank_entries(probs, partial, "class-balance", None)
+    ii, cc = np.nonzero(partial == 0)
+    strength = dict(zip(zip(ii, cc), _related_presence(probs, partial, ii, cc, sim)[0]))
+    for c in range(6):
+        mine = [r["item"] for r in got if r["class"] == c]
+        if c < 2:
+            key = [probs[i, c] + strength[i, c] for i in mine]
+        else:
+            assert mine == [r["item"] for r in balance if r["class"] == c]
+            continue
+        assert key == sorted(key, reverse=True) and max(key) > 0
+    assert [r["class"] for r in got] == [r["class"] for r in balance]   # the same turns
 
 
 def _gain(p, npos, nneg, flip, expected_positives, c):

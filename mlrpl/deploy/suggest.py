@@ -6,7 +6,7 @@ rebuilds the evaluation split (the data found where the run found it, the same s
 and so are its partial labels: the user's own label file as it is now (a CSV with blanks, whose
 unknowns are the blanks), a mask file, or the simulated protocol redrawn with the run's seed. The
 model scores every training image (through the feature cache when the run used one) and one of
-four strategies ranks the unknown (image, class) entries:
+five strategies ranks the unknown (image, class) entries:
 
 ``random``
     a seeded uniform draw per entry (the reference every other strategy must beat);
@@ -15,6 +15,15 @@ four strategies ranks the unknown (image, class) entries:
 ``class-balance``
     the classes with the fewest known positives first, round-robin over the classes (one entry
     of each class in turn), the most uncertain entry first inside each class;
+``related-classes``
+    class-balance's turns, except inside a class with fewer than 3 known positives: a model told
+    only where such a class is absent cannot say where it is, so its entries are ranked by the
+    model's probability plus how strongly the image holds a class whose name is related to it:
+    the largest ``q_ij * s_cj`` over the class's ten most related classes ``j``, where ``s_cj`` is
+    the cosine similarity of the two names' label embeddings (the run's, as the methods find
+    them) and ``q_ij`` is 1 for a known positive, 0 for a known negative, and the model's
+    probability for an unknown entry of a class with known positives (0 for one without). A fork
+    is looked for where a dining table or a knife is;
 ``expected-gain``
     the expected gain in mAP of asking the entry: the chance of a positive times what one more
     positive is worth to its class, the chance of a negative times what one more negative is
@@ -48,8 +57,9 @@ from mlrpl.errors import DataError, MlrplError
 
 __all__ = ["STRATEGIES", "rank_entries", "suggest", "training_probabilities", "write_ask_file"]
 
-STRATEGIES = ("random", "uncertainty", "class-balance", "expected-gain")
+STRATEGIES = ("random", "uncertainty", "class-balance", "related-classes", "expected-gain")
 MIN_POSITIVES_FOR_OWN_CUT = 3
+RELATED_CLASSES = 10          # related-classes: the most related names each class looks through
 
 
 # ---- ranking (pure) ---------------------------------------------------------------------------
@@ -86,11 +96,13 @@ def _unknown_count_error(budget: int, partial: np.ndarray, where: str) -> MlrplE
                       f"{int((partial != UNK).sum())} known); ask for at most {n_unknown}")
 
 
-def _round_robin(cc, dist, npos) -> np.ndarray:
+def _round_robin(cc, dist, npos, tie=None) -> np.ndarray:
     """class-balance's order: classes by known positives (fewest first, then class index), one
-    entry of each in turn, each class's entries by distance to its threshold (then index)."""
+    entry of each in turn, each class's entries by `dist` (smallest first; then `tie`, then
+    index)."""
     k = np.arange(len(cc))
-    by_class = np.lexsort((k, dist, cc))                  # grouped by class, closest first
+    keys = (k, dist, cc) if tie is None else (k, tie, dist, cc)
+    by_class = np.lexsort(keys)                           # grouped by class, closest first
     depth = np.empty(len(cc), dtype=np.int64)
     sorted_cc = cc[by_class]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_cc)) + 1]
@@ -101,7 +113,36 @@ def _round_robin(cc, dist, npos) -> np.ndarray:
     return np.lexsort((class_pos[cc], depth))             # round by round, classes in order
 
 
-def _strategy_scores(probs, partial, strategy, thresholds, seed):
+def _related_presence(probs, partial, ii, cc, similarity):
+    """related-classes: for the unknown entries (ii, cc) of classes with fewer than
+    MIN_POSITIVES_FOR_OWN_CUT known positives, how strongly image ii holds a class related to cc
+    by name, ``max_j q_ij * s_cj`` over the class's RELATED_CLASSES most similar others; returns
+    (strength, the class j giving it), both (K,), 0 and -1 for the other entries."""
+    c = partial.shape[1]
+    s = np.clip(np.asarray(similarity, dtype=np.float64), 0.0, None)
+    if s.shape != (c, c):
+        raise MlrplError(f"class similarity {s.shape}: expected ({c}, {c}), one row and column "
+                         f"per class")
+    s = s.copy()
+    np.fill_diagonal(s, 0.0)
+    npos = (partial == POS).sum(0)
+    q = np.where(partial == POS, 1.0, np.where(partial == NEG, 0.0, probs * (npos > 0)[None]))
+    k = min(RELATED_CLASSES, c - 1)
+    strength = np.zeros(len(ii))
+    source = np.full(len(ii), -1, dtype=np.int64)
+    few = npos[cc] < MIN_POSITIVES_FOR_OWN_CUT
+    if k < 1 or not few.any():
+        return strength, source
+    nbr = np.argsort(-s, axis=1, kind="stable")[:, :k]             # (C, k) most related first
+    fi, fc = ii[few], cc[few]
+    held = q[fi[:, None], nbr[fc]] * s[fc[:, None], nbr[fc]]      # (K', k)
+    best = np.argmax(held, axis=1)
+    strength[few] = held[np.arange(len(fi)), best]
+    source[few] = np.where(strength[few] > 0, nbr[fc, best], -1)
+    return strength, source
+
+
+def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None):
     """(entries (K, 2) row-major, scores (K,), order of the entries (K,), details)."""
     n, c = partial.shape
     ii, cc = np.nonzero(partial == UNK)
@@ -121,6 +162,21 @@ def _strategy_scores(probs, partial, strategy, thresholds, seed):
     elif strategy == "class-balance":
         score = (1.0 - dist) / (1.0 + npos[cc])
         order = _round_robin(cc, dist, npos)
+    elif strategy == "related-classes":
+        if similarity is None:
+            raise MlrplError("strategy 'related-classes' needs the classes' name similarity "
+                             "(C x C): suggest takes it from the run's label embeddings")
+        strength, source = _related_presence(probs, partial, ii, cc, similarity)
+        # inside a class with fewer than 3 known positives: the model's probability plus the
+        # related classes' strength (without the ImageNet prior, the model's scores of a class
+        # without known positives are small and say nothing, and the strength decides; with it,
+        # they are the prior's and count); then the distance to the threshold. Classes with
+        # more known positives as class-balance.
+        few = npos[cc] < MIN_POSITIVES_FOR_OWN_CUT
+        likely = p + strength
+        score = np.where(few, likely, (1.0 - dist) / (1.0 + npos[cc]))
+        order = _round_robin(cc, np.where(few, -likely, dist), npos, tie=dist)
+        info.update(strength=strength, source=source)
     elif strategy == "expected-gain":
         # expected positives of each class: known ones + the model's expectation of the unknowns
         phat = npos + np.bincount(cc, weights=p, minlength=c)
@@ -203,12 +259,26 @@ def _plural(n: int, word: str) -> str:
 def _reason(strategy, k, i, j, p, t, info, seed, thr_source, above: int = 0) -> str:
     """The reason column: what the score was made of. `above`: entries of the same class ranked
     above this one (expected-gain counts what their answers are expected to add)."""
+    npos = int(info["npos"][j])
+    if strategy == "related-classes" and npos < MIN_POSITIVES_FOR_OWN_CUT:
+        src = int(info["source"][k])
+        own = f"p={p:.3f} plus: "
+        if src < 0:
+            return (f"class has {_plural(npos, 'known positive')}; no class related to it by "
+                    f"name is known or predicted in the image; p={p:.3f} vs threshold {t:.3f}")
+        names = info.get("names")
+        other = names[src] if names is not None else f"class {src}"
+        held = ("a known positive" if info["partial"][i, src] == POS else
+                f"p={info['probs'][i, src]:.3f}")
+        return (f"class has {_plural(npos, 'known positive')}; {own}the image holds {other} "
+                f"({held}), related by name (similarity {info['similarity'][j, src]:.2f})")
+    if strategy == "related-classes":
+        strategy = "class-balance"
     if strategy == "random":
         return f"random draw (seed {seed})"
     near = f"p={p:.3f} vs threshold {t:.3f}"
     if strategy == "uncertainty":
         return f"{near} ({_short_source(thr_source)})" if thr_source else near
-    npos = int(info["npos"][j])
     if strategy == "class-balance":
         return f"class has {_plural(npos, 'known positive')}; {near}"
     nneg = int(info["nneg"][j])
@@ -231,7 +301,7 @@ def _short_source(source: str) -> str:
 
 def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | None = None,
                  thresholds=None, seed: int = 0, per_image=None,
-                 thresholds_source: str = "") -> list[dict]:
+                 thresholds_source: str = "", similarity=None, class_names=None) -> list[dict]:
     """The unknown entries of `partial` to ask, best first.
 
     Parameters
@@ -244,14 +314,19 @@ def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | No
     per_image : None, an int K (at most K entries of one image), or ``"all"`` (every unknown
         entry of the chosen images: images ranked by the sum of their entries' scores, or by a
         seeded draw for ``random``, taken whole while they fit in the budget).
+    similarity : (C, C) similarity of the class names (``related-classes`` needs it; cosine
+        similarity of label embeddings, negative values count as unrelated).
+    class_names : the C class names, for the reason column.
 
     Returns
     -------
     list of dicts ``{"rank", "item", "class", "score", "probability", "reason"}`` (item and class
     are indices), in the order to ask them. ``score`` is the strategy's: the draw (random),
     ``1 - |p - t|`` (uncertainty), that divided by 1 + the class's known positives
-    (class-balance, whose order is the round-robin), the expected gain given the entries ranked
-    above (expected-gain; with ``per_image="all"`` the gain of the entry alone).
+    (class-balance, whose order is the round-robin), for related-classes the related class's
+    strength in the image where the class has no known positive (class-balance's score
+    elsewhere), the expected gain given the entries ranked above (expected-gain; with
+    ``per_image="all"`` the gain of the entry alone).
 
     Example
     -------
@@ -274,7 +349,10 @@ def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | No
     t = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     if t.shape != (c,):
         raise MlrplError(f"{t.shape[0] if t.ndim else 1} thresholds for {c} classes")
-    entries, score, order, info = _strategy_scores(probs, partial, strategy, t, seed)
+    entries, score, order, info = _strategy_scores(probs, partial, strategy, t, seed, similarity)
+    if strategy == "related-classes":
+        info.update(names=class_names, partial=partial, probs=probs,
+                    similarity=np.asarray(similarity, dtype=np.float64))
     shown = score
 
     if per_image == "all":
@@ -411,6 +489,17 @@ def decision_thresholds(spec, checkpoint, ckpt, model, probs, partial, warn=None
     return arr, source
 
 
+def name_similarity(cfg, classes):
+    """((C, C) cosine similarity of the class names, where the vectors came from): the run's
+    label embeddings, found as the methods find them (``data.embeddings``, a file covering the
+    classes beside the data or under MLRPL_DATA, else the offline sentence encoder)."""
+    from mlrpl.engine.experiment import find_embeddings
+    vectors, origin = find_embeddings(cfg, classes)
+    v = np.asarray(vectors, dtype=np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v @ v.T, origin
+
+
 # ---- the verb ----------------------------------------------------------------------------------
 def _image_spelling(path: Path, item: str, out_dir: Path | None) -> str:
     """How the ask file names an image: relative to its own folder, as every label CSV does."""
@@ -459,7 +548,11 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
         if budget > int((partial == UNK).sum()):
             raise _unknown_count_error(budget, partial, "the readable training images")
     thr, source = decision_thresholds(thresholds, checkpoint, ckpt, model, probs, partial, warn)
-    rows = rank_entries(probs, partial, strategy, budget, thr, seed, per_image, source)
+    similarity, names_from = None, None
+    if strategy == "related-classes":
+        similarity, names_from = name_similarity(cfg, list(train.classes))
+    rows = rank_entries(probs, partial, strategy, budget, thr, seed, per_image, source,
+                        similarity, list(train.classes))
     out_dir = None if out is None else (out.parent if str(out.parent) else Path("."))
     paths = train.paths()
     for r in rows:
@@ -472,5 +565,5 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
             "unknown_entries": int((partial == UNK).sum()), "images": len(train),
             "entries": int(partial.size), "thresholds_source": source,
             "label_file": _label_file(cfg), "dataset": cfg.data.dataset, "note": note,
-            "strategy": strategy, "per_image": per_image,
+            "strategy": strategy, "per_image": per_image, "similarity_source": names_from,
             "asked_images": len({r["image"] for r in rows})}
