@@ -161,8 +161,9 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
     strategy : ``"random"`` (seeded), ``"uncertainty"`` (probability closest to the class's
         decision threshold), ``"class-balance"`` (classes with the fewest known positives first,
         round-robin), ``"related-classes"`` (class-balance, but a class without a known positive
-        is looked for in the images that hold classes with related names: the label
-        embeddings' similarity) or ``"expected-gain"`` (expected mAP gain of the answer).
+        is looked for in the images that hold classes with related names, by the label
+        embeddings' similarity, where such names rank the known labels above chance) or
+        ``"expected-gain"`` (expected mAP gain of the answer).
     per_image : None, K (at most K entries per image) or ``"all"`` (whole images).
     thresholds : ``"auto"`` (the model's tuned or learned thresholds, else each class's operating
         point on the known training labels), a number or a thresholds file.

@@ -703,6 +703,20 @@ def cmd_suggest(args) -> int:
         print(f"decision thresholds: {r['thresholds_source']}")
     if r.get("similarity_source"):
         print(f"class names related through {r['similarity_source']}")
+        auc, n = r["names_auc"], r["names_checked"]
+        if n == 0:
+            print("mlrpl: note: no class has both a known positive and a known negative to check "
+                  "the names against; related names not used (the ranking is class-balance's)",
+                  file=sys.stderr)
+        elif r["names_used"]:
+            print(f"related names rank the known labels of the {n} classes with a known positive "
+                  f"at ROC AUC {auc:.2f} (0.5: chance): used for the classes with fewer than 3")
+        else:
+            print(f"mlrpl: warning: related names rank the known labels of the {n} classes with a "
+                  f"known positive at ROC AUC {auc:.2f} (0.5: chance): an image holding a class "
+                  f"with a related name is {'no more' if auc >= 0.5 else 'less'} likely to hold "
+                  f"the class here (photos of one subject each?); names not used, the ranking is "
+                  f"class-balance's", file=sys.stderr)
     labels = r["label_file"] if r["dataset"] == "csv" else "LABELS.csv"
     import re
     stem = str(Path(labels).with_suffix(""))

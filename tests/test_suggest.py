@@ -93,6 +93,7 @@ def test_related_classes_looks_for_a_blind_class_where_related_classes_are():
     sim[0, 1] = sim[1, 0] = 0.7          # fork ~ knife
     sim[0, 2] = sim[2, 0] = 0.5          # fork ~ dining table
     sim[0, 3] = sim[3, 0] = -0.2         # fork and giraffe: unrelated (negative counts as 0)
+    sim[1, 2] = sim[2, 1] = 0.6          # knife ~ dining table
     partial = np.array([[0, 0, 1, 0],    # image 0: a known dining table
                         [0, -1, -1, 1],  # image 1: a known giraffe, nothing related
                         [0, 0, -1, 0],   # image 2: knife predicted (p 0.9)
@@ -126,16 +127,21 @@ def test_related_classes_looks_for_a_blind_class_where_related_classes_are():
     assert [r for r in got if r["class"] == 1][0]["reason"] == (
         "class has 1 known positive; no class related to it by name is known or predicted in "
         "the image; p=0.900 vs threshold 0.500")
+    # the names were checked on the known labels: knife's and dining table's
+    from mlrpl.deploy.suggest import names_check
+    assert names_check(probs, partial, sim) == (pytest.approx(0.875), 2)   # knife 1, table 0.75
     with pytest.raises(MlrplError, match="name similarity"):
         rank_entries(probs, partial, "related-classes", 4)
     with pytest.raises(MlrplError, match=r"class similarity \(3, 3\)"):
         rank_entries(probs, partial, "related-classes", 4, similarity=np.eye(3))
 
 
-def test_related_classes_orders_inside_each_class_by_what_is_known_of_it():
+def test_related_classes_orders_inside_each_class_by_what_is_known_of_it(monkeypatch):
     """Round-robin as class-balance; inside a class with 0-2 known positives by p + the
     related strength; with 3 or more, as class-balance."""
+    import mlrpl.deploy.suggest as suggest_module
     from mlrpl.deploy.suggest import _related_presence
+    monkeypatch.setattr(suggest_module, "NAMES_MIN_AUC", -1.0)   # names always used here
     probs, partial = _random_case(seed=4, n=60, c=6)
     partial[:2, 1] = 1                   # class 1: exactly 2 known positives
     partial[2:, 1] = np.where(partial[2:, 1] == 1, -1, partial[2:, 1])
@@ -155,6 +161,26 @@ def test_related_classes_orders_inside_each_class_by_what_is_known_of_it():
             continue
         assert key == sorted(key, reverse=True) and max(key) > 0
     assert [r["class"] for r in got] == [r["class"] for r in balance]   # the same turns
+
+
+def test_related_classes_is_class_balance_where_related_names_do_not_go_together():
+    """Photos of one subject each: a known cow is where a known horse is not. The names,
+    checked on the known labels, rank them below chance; the strategy is then class-balance."""
+    from mlrpl.deploy.suggest import names_check
+    rng = np.random.default_rng(0)
+    n = 40
+    subject = rng.integers(0, 3, n)                       # cow, horse, sheep: one per photo
+    full = np.eye(3, dtype=np.int8)[subject] * 2 - 1      # +1 / -1
+    partial = np.where(rng.random((n, 3)) < 0.5, full, 0).astype(np.int8)
+    partial[:, 2] = np.where(partial[:, 2] == 1, 0, partial[:, 2])   # sheep: no known positive
+    sim = np.array([[1, 0.6, 0.7], [0.6, 1, 0.6], [0.7, 0.6, 1]])
+    probs = rng.random((n, 3))
+    auc, checked = names_check(probs, partial, sim)
+    assert checked == 2 and auc < 0.5
+    got = rank_entries(probs, partial, "related-classes", 20, similarity=sim)
+    balance = rank_entries(probs, partial, "class-balance", 20)
+    assert [(r["item"], r["class"]) for r in got] == [(r["item"], r["class"]) for r in balance]
+    assert "as class-balance: related names did not rank the known labels" in got[0]["reason"]
 
 
 def _gain(p, npos, nneg, flip, expected_positives, c):

@@ -23,7 +23,9 @@ five strategies ranks the unknown (image, class) entries:
     the cosine similarity of the two names' label embeddings (the run's, as the methods find
     them) and ``q_ij`` is 1 for a known positive, 0 for a known negative, and the model's
     probability for an unknown entry of a class with known positives (0 for one without). A fork
-    is looked for where a dining table or a knife is;
+    is looked for where a dining table or a knife is. The names are first checked on the known
+    labels (:func:`names_check`): where they do not rank them above ROC AUC 0.55 (photos of one
+    subject each, names that are codes), the ranking is class-balance's;
 ``expected-gain``
     the expected gain in mAP of asking the entry: the chance of a positive times what one more
     positive is worth to its class, the chance of a negative times what one more negative is
@@ -60,6 +62,7 @@ __all__ = ["STRATEGIES", "rank_entries", "suggest", "training_probabilities", "w
 STRATEGIES = ("random", "uncertainty", "class-balance", "related-classes", "expected-gain")
 MIN_POSITIVES_FOR_OWN_CUT = 3
 RELATED_CLASSES = 10          # related-classes: the most related names each class looks through
+NAMES_MIN_AUC = 0.55          # related-classes: how well related names must rank the known labels
 
 
 # ---- ranking (pure) ---------------------------------------------------------------------------
@@ -113,11 +116,11 @@ def _round_robin(cc, dist, npos, tie=None) -> np.ndarray:
     return np.lexsort((class_pos[cc], depth))             # round by round, classes in order
 
 
-def _related_presence(probs, partial, ii, cc, similarity):
-    """related-classes: for the unknown entries (ii, cc) of classes with fewer than
-    MIN_POSITIVES_FOR_OWN_CUT known positives, how strongly image ii holds a class related to cc
-    by name, ``max_j q_ij * s_cj`` over the class's RELATED_CLASSES most similar others; returns
-    (strength, the class j giving it), both (K,), 0 and -1 for the other entries."""
+def _related_strength(probs, partial, ii, cc, similarity):
+    """How strongly image ii holds a class related to cc by name, for the entries (ii, cc):
+    ``max_j q_ij * s_cj`` over the class's RELATED_CLASSES most similar others (q: 1 for a known
+    positive, 0 for a known negative, the model's probability for an unknown entry of a class
+    with known positives, 0 otherwise). Returns (strength, the class j giving it or -1)."""
     c = partial.shape[1]
     s = np.clip(np.asarray(similarity, dtype=np.float64), 0.0, None)
     if s.shape != (c, c):
@@ -128,18 +131,41 @@ def _related_presence(probs, partial, ii, cc, similarity):
     npos = (partial == POS).sum(0)
     q = np.where(partial == POS, 1.0, np.where(partial == NEG, 0.0, probs * (npos > 0)[None]))
     k = min(RELATED_CLASSES, c - 1)
+    if k < 1 or len(ii) == 0:
+        return np.zeros(len(ii)), np.full(len(ii), -1, dtype=np.int64)
+    nbr = np.argsort(-s, axis=1, kind="stable")[:, :k]             # (C, k) most related first
+    held = q[ii[:, None], nbr[cc]] * s[cc[:, None], nbr[cc]]      # (K, k)
+    best = np.argmax(held, axis=1)
+    strength = held[np.arange(len(ii)), best]
+    return strength, np.where(strength > 0, nbr[cc, best], -1)
+
+
+def _related_presence(probs, partial, ii, cc, similarity):
+    """related-classes: :func:`_related_strength` for the unknown entries (ii, cc) of classes
+    with fewer than MIN_POSITIVES_FOR_OWN_CUT known positives; 0 and -1 for the others."""
     strength = np.zeros(len(ii))
     source = np.full(len(ii), -1, dtype=np.int64)
-    few = npos[cc] < MIN_POSITIVES_FOR_OWN_CUT
-    if k < 1 or not few.any():
-        return strength, source
-    nbr = np.argsort(-s, axis=1, kind="stable")[:, :k]             # (C, k) most related first
-    fi, fc = ii[few], cc[few]
-    held = q[fi[:, None], nbr[fc]] * s[fc[:, None], nbr[fc]]      # (K', k)
-    best = np.argmax(held, axis=1)
-    strength[few] = held[np.arange(len(fi)), best]
-    source[few] = np.where(strength[few] > 0, nbr[fc, best], -1)
+    few = (partial == POS).sum(0)[cc] < MIN_POSITIVES_FOR_OWN_CUT
+    strength[few], source[few] = _related_strength(probs, partial, ii[few], cc[few], similarity)
     return strength, source
+
+
+def names_check(probs, partial, similarity) -> tuple[float, int]:
+    """Do related names mark classes found together here? The related strength of the known
+    entries of each class with a known positive and a known negative, as a score of its known
+    labels: (the mean ROC AUC over those classes, their number); (NaN, 0) when no class has
+    both. 0.5 is chance; below it, an image holding a related class is less likely to hold the
+    class (photos of one subject each). related-classes uses the names only above
+    NAMES_MIN_AUC."""
+    from mlrpl.models.prior_trust import roc_auc
+    npos, nneg = (partial == POS).sum(0), (partial == NEG).sum(0)
+    checked = np.flatnonzero((npos > 0) & (nneg > 0))
+    aucs = []
+    for j in checked:
+        ii = np.flatnonzero(partial[:, j] != UNK)
+        strength, _ = _related_strength(probs, partial, ii, np.full(len(ii), j), similarity)
+        aucs.append(roc_auc(strength, partial[ii, j] == POS))
+    return (float(np.mean(aucs)), len(aucs)) if aucs else (float("nan"), 0)
 
 
 def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None):
@@ -166,13 +192,18 @@ def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None
         if similarity is None:
             raise MlrplError("strategy 'related-classes' needs the classes' name similarity "
                              "(C x C): suggest takes it from the run's label embeddings")
+        auc, checked = names_check(probs, partial, similarity)
+        used = checked > 0 and auc > NAMES_MIN_AUC
+        info.update(names_auc=auc, names_checked=checked, names_used=used)
+        if not used:                # names that do not mark classes found together: no use
+            similarity = np.zeros((c, c))
         strength, source = _related_presence(probs, partial, ii, cc, similarity)
         # inside a class with fewer than 3 known positives: the model's probability plus the
         # related classes' strength (without the ImageNet prior, the model's scores of a class
         # without known positives are small and say nothing, and the strength decides; with it,
         # they are the prior's and count); then the distance to the threshold. Classes with
         # more known positives as class-balance.
-        few = npos[cc] < MIN_POSITIVES_FOR_OWN_CUT
+        few = (npos[cc] < MIN_POSITIVES_FOR_OWN_CUT) & used
         likely = p + strength
         score = np.where(few, likely, (1.0 - dist) / (1.0 + npos[cc]))
         order = _round_robin(cc, np.where(few, -likely, dist), npos, tie=dist)
@@ -260,6 +291,10 @@ def _reason(strategy, k, i, j, p, t, info, seed, thr_source, above: int = 0) -> 
     """The reason column: what the score was made of. `above`: entries of the same class ranked
     above this one (expected-gain counts what their answers are expected to add)."""
     npos = int(info["npos"][j])
+    if strategy == "related-classes" and not info["names_used"]:
+        return (f"class has {_plural(npos, 'known positive')}; p={p:.3f} vs threshold {t:.3f} "
+                f"(as class-balance: related names did not rank the known labels, AUC "
+                f"{info['names_auc']:.2f})")
     if strategy == "related-classes" and npos < MIN_POSITIVES_FOR_OWN_CUT:
         src = int(info["source"][k])
         own = f"p={p:.3f} plus: "
@@ -548,9 +583,10 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
         if budget > int((partial == UNK).sum()):
             raise _unknown_count_error(budget, partial, "the readable training images")
     thr, source = decision_thresholds(thresholds, checkpoint, ckpt, model, probs, partial, warn)
-    similarity, names_from = None, None
+    similarity, names_from, names_auc = None, None, (float("nan"), 0)
     if strategy == "related-classes":
         similarity, names_from = name_similarity(cfg, list(train.classes))
+        names_auc = names_check(probs, partial, similarity)     # as rank_entries checks
     rows = rank_entries(probs, partial, strategy, budget, thr, seed, per_image, source,
                         similarity, list(train.classes))
     out_dir = None if out is None else (out.parent if str(out.parent) else Path("."))
@@ -566,4 +602,6 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
             "entries": int(partial.size), "thresholds_source": source,
             "label_file": _label_file(cfg), "dataset": cfg.data.dataset, "note": note,
             "strategy": strategy, "per_image": per_image, "similarity_source": names_from,
+            "names_auc": names_auc[0], "names_checked": names_auc[1],
+            "names_used": names_auc[1] > 0 and names_auc[0] > NAMES_MIN_AUC,
             "asked_images": len({r["image"] for r in rows})}
