@@ -116,11 +116,11 @@ def _round_robin(cc, dist, npos, tie=None) -> np.ndarray:
     return np.lexsort((class_pos[cc], depth))             # round by round, classes in order
 
 
-def _related_strength(probs, partial, ii, cc, similarity):
-    """How strongly image ii holds a class related to cc by name, for the entries (ii, cc):
-    ``max_j q_ij * s_cj`` over the class's RELATED_CLASSES most similar others (q: 1 for a known
-    positive, 0 for a known negative, the model's probability for an unknown entry of a class
-    with known positives, 0 otherwise). Returns (strength, the class j giving it or -1)."""
+def _relations(probs, partial, similarity):
+    """What related-classes reads, computed once: (q (N, C): 1 for a known positive, 0 for a
+    known negative, the model's probability for an unknown entry of a class with known
+    positives, 0 otherwise; s (C, C): the similarity, negatives and the diagonal 0; nbr (C, k):
+    each class's RELATED_CLASSES most similar others, most similar first)."""
     c = partial.shape[1]
     s = np.clip(np.asarray(similarity, dtype=np.float64), 0.0, None)
     if s.shape != (c, c):
@@ -130,10 +130,17 @@ def _related_strength(probs, partial, ii, cc, similarity):
     np.fill_diagonal(s, 0.0)
     npos = (partial == POS).sum(0)
     q = np.where(partial == POS, 1.0, np.where(partial == NEG, 0.0, probs * (npos > 0)[None]))
-    k = min(RELATED_CLASSES, c - 1)
-    if k < 1 or len(ii) == 0:
+    nbr = np.argsort(-s, axis=1, kind="stable")[:, :min(RELATED_CLASSES, c - 1)]
+    return q, s, nbr
+
+
+def _related_strength(rel, ii, cc):
+    """How strongly image ii holds a class related to cc by name, for the entries (ii, cc):
+    ``max_j q_ij * s_cj`` over the class's related classes (`rel` from :func:`_relations`).
+    Returns (strength, the class j giving it or -1)."""
+    q, s, nbr = rel
+    if nbr.shape[1] == 0 or len(ii) == 0:
         return np.zeros(len(ii)), np.full(len(ii), -1, dtype=np.int64)
-    nbr = np.argsort(-s, axis=1, kind="stable")[:, :k]             # (C, k) most related first
     held = q[ii[:, None], nbr[cc]] * s[cc[:, None], nbr[cc]]      # (K, k)
     best = np.argmax(held, axis=1)
     strength = held[np.arange(len(ii)), best]
@@ -146,7 +153,8 @@ def _related_presence(probs, partial, ii, cc, similarity):
     strength = np.zeros(len(ii))
     source = np.full(len(ii), -1, dtype=np.int64)
     few = (partial == POS).sum(0)[cc] < MIN_POSITIVES_FOR_OWN_CUT
-    strength[few], source[few] = _related_strength(probs, partial, ii[few], cc[few], similarity)
+    strength[few], source[few] = _related_strength(_relations(probs, partial, similarity),
+                                                   ii[few], cc[few])
     return strength, source
 
 
@@ -158,12 +166,12 @@ def names_check(probs, partial, similarity) -> tuple[float, int]:
     class (photos of one subject each). related-classes uses the names only above
     NAMES_MIN_AUC."""
     from mlrpl.models.prior_trust import roc_auc
+    rel = _relations(probs, partial, similarity)
     npos, nneg = (partial == POS).sum(0), (partial == NEG).sum(0)
-    checked = np.flatnonzero((npos > 0) & (nneg > 0))
     aucs = []
-    for j in checked:
+    for j in np.flatnonzero((npos > 0) & (nneg > 0)):
         ii = np.flatnonzero(partial[:, j] != UNK)
-        strength, _ = _related_strength(probs, partial, ii, np.full(len(ii), j), similarity)
+        strength, _ = _related_strength(rel, ii, np.full(len(ii), j))
         aucs.append(roc_auc(strength, partial[ii, j] == POS))
     return (float(np.mean(aucs)), len(aucs)) if aucs else (float("nan"), 0)
 
