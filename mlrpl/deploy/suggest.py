@@ -147,14 +147,16 @@ def _related_strength(rel, ii, cc):
     return strength, np.where(strength > 0, nbr[cc, best], -1)
 
 
-def _related_presence(probs, partial, ii, cc, similarity):
+def _related_presence(probs, partial, ii, cc, similarity, rel=None):
     """related-classes: :func:`_related_strength` for the unknown entries (ii, cc) of classes
-    with fewer than MIN_POSITIVES_FOR_OWN_CUT known positives; 0 and -1 for the others."""
+    with fewer than MIN_POSITIVES_FOR_OWN_CUT known positives; 0 and -1 for the others. `rel`:
+    :func:`_relations` when already computed."""
     strength = np.zeros(len(ii))
     source = np.full(len(ii), -1, dtype=np.int64)
     few = (partial == POS).sum(0)[cc] < MIN_POSITIVES_FOR_OWN_CUT
-    strength[few], source[few] = _related_strength(_relations(probs, partial, similarity),
-                                                   ii[few], cc[few])
+    if rel is None:
+        rel = _relations(probs, partial, similarity)
+    strength[few], source[few] = _related_strength(rel, ii[few], cc[few])
     return strength, source
 
 
@@ -164,9 +166,18 @@ def names_check(probs, partial, similarity) -> tuple[float, int]:
     labels: (the mean ROC AUC over those classes, their number); (NaN, 0) when no class has
     both. 0.5 is chance; below it, an image holding a related class is less likely to hold the
     class (photos of one subject each). related-classes uses the names only above
-    NAMES_MIN_AUC."""
+    NAMES_MIN_AUC (:func:`names_usable`)."""
+    return _names_check(_relations(probs, partial, similarity), partial)
+
+
+def names_usable(check: tuple[float, int]) -> bool:
+    """Whether related-classes uses the names, given :func:`names_check`'s (AUC, classes)."""
+    auc, checked = check
+    return checked > 0 and auc > NAMES_MIN_AUC
+
+
+def _names_check(rel, partial) -> tuple[float, int]:
     from mlrpl.models.prior_trust import roc_auc
-    rel = _relations(probs, partial, similarity)
     npos, nneg = (partial == POS).sum(0), (partial == NEG).sum(0)
     aucs = []
     for j in np.flatnonzero((npos > 0) & (nneg > 0)):
@@ -176,8 +187,9 @@ def names_check(probs, partial, similarity) -> tuple[float, int]:
     return (float(np.mean(aucs)), len(aucs)) if aucs else (float("nan"), 0)
 
 
-def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None):
-    """(entries (K, 2) row-major, scores (K,), order of the entries (K,), details)."""
+def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None, names=None):
+    """(entries (K, 2) row-major, scores (K,), order of the entries (K,), details). `names`:
+    :func:`names_check`'s result when the caller has it (related-classes)."""
     n, c = partial.shape
     ii, cc = np.nonzero(partial == UNK)
     p = probs[ii, cc]
@@ -200,12 +212,14 @@ def _strategy_scores(probs, partial, strategy, thresholds, seed, similarity=None
         if similarity is None:
             raise MlrplError("strategy 'related-classes' needs the classes' name similarity "
                              "(C x C): suggest takes it from the run's label embeddings")
-        auc, checked = names_check(probs, partial, similarity)
-        used = checked > 0 and auc > NAMES_MIN_AUC
-        info.update(names_auc=auc, names_checked=checked, names_used=used)
-        if not used:                # names that do not mark classes found together: no use
-            similarity = np.zeros((c, c))
-        strength, source = _related_presence(probs, partial, ii, cc, similarity)
+        rel = _relations(probs, partial, similarity)
+        names = _names_check(rel, partial) if names is None else names
+        used = names_usable(names)
+        info.update(names_auc=names[0], names_checked=names[1], names_used=used)
+        if used:
+            strength, source = _related_presence(probs, partial, ii, cc, similarity, rel)
+        else:                       # names that do not mark classes found together: no use
+            strength, source = np.zeros(len(ii)), np.full(len(ii), -1, dtype=np.int64)
         # inside a class with fewer than 3 known positives: the model's probability plus the
         # related classes' strength (without the ImageNet prior, the model's scores of a class
         # without known positives are small and say nothing, and the strength decides; with it,
@@ -344,7 +358,8 @@ def _short_source(source: str) -> str:
 
 def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | None = None,
                  thresholds=None, seed: int = 0, per_image=None,
-                 thresholds_source: str = "", similarity=None, class_names=None) -> list[dict]:
+                 thresholds_source: str = "", similarity=None, class_names=None,
+                 names=None) -> list[dict]:
     """The unknown entries of `partial` to ask, best first.
 
     Parameters
@@ -360,6 +375,7 @@ def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | No
     similarity : (C, C) similarity of the class names (``related-classes`` needs it; cosine
         similarity of label embeddings, negative values count as unrelated).
     class_names : the C class names, for the reason column.
+    names : :func:`names_check`'s result for these arrays, when the caller has computed it.
 
     Returns
     -------
@@ -392,7 +408,8 @@ def rank_entries(probs, partial, strategy: str = "uncertainty", budget: int | No
     t = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     if t.shape != (c,):
         raise MlrplError(f"{t.shape[0] if t.ndim else 1} thresholds for {c} classes")
-    entries, score, order, info = _strategy_scores(probs, partial, strategy, t, seed, similarity)
+    entries, score, order, info = _strategy_scores(probs, partial, strategy, t, seed, similarity,
+                                                   names)
     if strategy == "related-classes":
         info.update(names=class_names, partial=partial, probs=probs,
                     similarity=np.asarray(similarity, dtype=np.float64))
@@ -591,12 +608,13 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
         if budget > int((partial == UNK).sum()):
             raise _unknown_count_error(budget, partial, "the readable training images")
     thr, source = decision_thresholds(thresholds, checkpoint, ckpt, model, probs, partial, warn)
-    similarity, names_from, names_auc = None, None, (float("nan"), 0)
+    similarity, names_from, names = None, None, None
     if strategy == "related-classes":
         similarity, names_from = name_similarity(cfg, list(train.classes))
-        names_auc = names_check(probs, partial, similarity)     # as rank_entries checks
+        names = names_check(probs, partial, similarity)      # checked once, printed and used
     rows = rank_entries(probs, partial, strategy, budget, thr, seed, per_image, source,
-                        similarity, list(train.classes))
+                        similarity, list(train.classes), names)
+    names_auc = names or (float("nan"), 0)
     out_dir = None if out is None else (out.parent if str(out.parent) else Path("."))
     paths = train.paths()
     for r in rows:
@@ -611,5 +629,5 @@ def suggest(checkpoint, budget: int, strategy: str = "uncertainty", per_image=No
             "label_file": _label_file(cfg), "dataset": cfg.data.dataset, "note": note,
             "strategy": strategy, "per_image": per_image, "similarity_source": names_from,
             "names_auc": names_auc[0], "names_checked": names_auc[1],
-            "names_used": names_auc[1] > 0 and names_auc[0] > NAMES_MIN_AUC,
+            "names_used": names_usable(names_auc),
             "asked_images": len({r["image"] for r in rows})}

@@ -331,8 +331,9 @@ class Trainer:
                          f"(model.prior.match=wordnet; their counts: 'prior.wordnet' in "
                          f"run.json)" + (f"; {len(alone)} use their name neighbours alone (e.g. "
                                          f"{', '.join(alone[:6])})" if alone else ""))
-            far = [c for c, (_, sim) in (prior.closest or {}).items()
-                   if sim < 0.5 and not (prior.kinds or {}).get(c)]
+            classes = list(self.exp.train.classes)
+            far = [c for c, sim in zip(classes, prior.trust_similarity(classes))
+                   if sim < 0.5] if prior.closest else []
             where = ("the whole image" if sizes == [1.0] else
                      "windows of " + ", ".join(f"{r:g}" for r in sizes)
                      + " of the image's side (1: the whole image), each class's best window")
